@@ -1,0 +1,3 @@
+from debris.cli import main
+
+main()

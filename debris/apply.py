@@ -1,0 +1,316 @@
+"""The one delete gate. Every deletion debris makes, in every store, passes through here.
+
+A plan is untrusted input. Before anything is deleted the whole plan is validated: the store
+must be the one planned, the policy must be allowed with this run's flags, and every path must
+re-parse under the grammar into a safe class that belongs to its item. Then each item is
+re-observed and re-judged with the same rule the planner used; anything changed, missing or no
+longer stale is skipped with its reason. Only then, and only with ``confirm``, does
+``_delete_file``/``_remove_dir`` call the store's destructive primitives, re-checking the grammar
+for each single key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from debris import layout
+from debris.inventory import SessionObservation, observe_session, repository_data
+from debris.layout import SAFE_KINDS, SESSION_DIR_LEVELS, Kind
+from debris.plan import Plan, PlanItem, PlannedFile, from_ns, judge_session
+from debris.policy import Policy, PolicyError, format_duration
+from debris.stores.base import Capability, Changed, NotFound, Store, StoreError, WalkProblems
+
+SESSION_KINDS = frozenset({Kind.UPLOAD_SESSION, Kind.PROBE_REPO})
+#: What a single file of an item of each kind may parse as.
+_FILE_KINDS_FOR_ITEM = {
+    Kind.UPLOAD_SESSION: frozenset({Kind.UPLOAD_SESSION, Kind.TEMP_FILE}),
+    Kind.PROBE_REPO: frozenset({Kind.UPLOAD_SESSION, Kind.TEMP_FILE}),
+    Kind.TEMP_FILE: frozenset({Kind.TEMP_FILE}),
+}
+
+
+class PlanRefused(Exception):
+    """The plan as a whole is not acceptable; nothing was deleted."""
+
+
+class GateViolation(Exception):
+    """A single key failed the grammar check at the moment of deletion. Never expected."""
+
+
+@dataclass
+class Outcome:
+    item: PlanItem
+    status: str  # deleted | would_delete | skipped | failed
+    reason: str = ""
+    bytes_freed: int = 0
+    deleted_paths: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = {
+            "class": self.item.kind.value,
+            "repository": self.item.repository,
+            "upload_id": self.item.upload_id,
+            "paths": self.item.paths,
+            "bytes": self.item.bytes,
+        }
+        if self.status in ("deleted", "failed"):
+            d["bytes_freed"] = self.bytes_freed
+            d["deleted_paths"] = self.deleted_paths
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass
+class ApplyResult:
+    confirmed: bool
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what re-verification could not read
+    interrupted: bool = False
+
+    def with_status(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(o.bytes_freed for o in self.outcomes)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.with_status("failed") or self.errors)
+
+    def to_json(self) -> dict:
+        return {
+            "confirmed": self.confirmed,
+            "deleted": [o.to_json() for o in self.with_status("deleted")],
+            "would_delete": [o.to_json() for o in self.with_status("would_delete")],
+            "skipped": [o.to_json() for o in self.with_status("skipped")],
+            "failed": [o.to_json() for o in self.with_status("failed")],
+            "bytes_freed": self.bytes_freed,
+            "errors": list(self.errors),
+            "interrupted": self.interrupted,
+        }
+
+
+# -- validation of the whole plan (no I/O but the store's identity) --------------------------
+
+
+def validate(plan: Plan, store: Store, *, force: bool) -> None:
+    """Raise PlanRefused unless every item of ``plan`` may be considered for deletion in ``store``."""
+    if plan.store_url != store.url:
+        raise PlanRefused(f"plan was made for {plan.store_url}, not {store.url}")
+    if plan.store_identity != store.identity():
+        raise PlanRefused(
+            f"plan was made for another store at {plan.store_url} (identity {plan.store_identity} != {store.identity()})"
+        )
+    policy = plan.policy
+    try:
+        Policy(policy.include, policy.older_than, policy.probe_repos, policy.probe_older_than, force).check()
+    except PolicyError as e:
+        raise PlanRefused(f"plan policy needs --force here too: {e}") from None
+    seen: set[tuple] = set()
+    for n, item in enumerate(plan.items):
+        where = f"item {n} ({item.label()})"
+        ident = (item.kind, item.repository, item.upload_id) if item.upload_id else (item.kind, tuple(item.paths))
+        if ident in seen:
+            raise PlanRefused(f"{where}: listed twice")
+        seen.add(ident)
+        _validate_item(item, policy, store, where)
+
+
+def _validate_item(item: PlanItem, policy: Policy, store: Store, where: str) -> None:
+    if item.kind not in SAFE_KINDS or item.kind not in _FILE_KINDS_FOR_ITEM:
+        raise PlanRefused(f"{where}: class {item.kind.value!r} cannot be deleted from {store.url}")
+    if not policy.allows(item.kind):
+        raise PlanRefused(f"{where}: class {item.kind.value!r} is not included by the plan's policy")
+    if not item.files:
+        raise PlanRefused(f"{where}: no files")
+    if len(set(item.paths)) != len(item.paths):
+        raise PlanRefused(f"{where}: a path is listed twice")
+    if item.kind in SESSION_KINDS:
+        if not (item.repository and layout.is_valid_repository(item.repository)):
+            raise PlanRefused(f"{where}: invalid repository {item.repository!r}")
+        if not (item.upload_id and layout.is_upload_id(item.upload_id)):
+            raise PlanRefused(f"{where}: invalid upload id {item.upload_id!r}")
+        expected_kind, _ = policy.threshold_for(item.repository)
+        if item.kind is not expected_kind:
+            raise PlanRefused(f"{where}: class {item.kind.value} does not match repository {item.repository}")
+    elif len(item.files) != 1:
+        raise PlanRefused(f"{where}: a {item.kind.value} item names exactly one file")
+    for f in item.files:
+        reason = _file_refusal(f.path, item)
+        if reason:
+            raise PlanRefused(f"{where}: {f.path!r} {reason}")
+
+
+def _file_refusal(key: str, item: PlanItem) -> str | None:
+    """Why ``key`` may not be deleted as part of ``item`` (None: it may)."""
+    entry = layout.parse(key)
+    if entry.kind not in _FILE_KINDS_FOR_ITEM.get(item.kind, ()):
+        return f"parses as {entry.kind.value}, not as part of a {item.kind.value}"
+    if item.kind in SESSION_KINDS:
+        if (entry.repository, entry.upload_id) != (item.repository, item.upload_id):
+            return "belongs to another upload session"
+    elif entry.in_session:
+        return "is inside an upload session (deleted with its session only)"
+    return None
+
+
+# -- execution --------------------------------------------------------------------------------
+
+
+class Gate:
+    """Executes a validated plan item by item. Use ``apply_plan``."""
+
+    def __init__(self, store: Store, plan: Plan, *, confirm: bool, force: bool, now: Callable[[], datetime]):
+        self.store = store
+        self.plan = plan
+        self.policy = plan.policy
+        self.confirm = confirm
+        self.force = force
+        self.now = now
+        self.problems = WalkProblems()
+        self._probe_data: dict[str, list[str]] = {}
+
+    def run_item(self, item: PlanItem) -> Outcome:
+        if item.kind in SESSION_KINDS:
+            return self._session(item)
+        return self._single_file(item)
+
+    # sessions
+
+    def _session(self, item: PlanItem) -> Outcome:
+        current = observe_session(self.store, item.repository, item.upload_id, self.problems)
+        if current is None:
+            return Outcome(item, "skipped", "gone since plan")
+        change = _difference(item.files, current)
+        if change:
+            return Outcome(item, "skipped", f"changed since plan: {change}")
+        verdict = judge_session(current, self.policy, self.now())
+        if verdict.item is None or verdict.item.kind is not item.kind:
+            return Outcome(item, "skipped", f"no longer deletable: {verdict.held_back or 'active again'}")
+        if item.kind is Kind.PROBE_REPO and not self.force:
+            data = self._probe_repo_data(item.repository)
+            if data:
+                return Outcome(item, "skipped", f"probe repository now holds {', '.join(data[:3])}")
+        if not self.confirm:
+            return Outcome(item, "would_delete")
+        out = Outcome(item, "deleted")
+        for f in verdict.item.files:  # the planner's order: startedat first, data last
+            if not self._delete(out, f):
+                return out
+        if Capability.DIRECTORIES in self.store.capabilities:
+            for key in sorted(current.dirs, key=lambda k: (-k.count("/"), k)):
+                try:
+                    if not _remove_dir(self.store, key, item):
+                        out.status, out.reason = (
+                            "failed",
+                            f"{key} not empty after its files were deleted: something wrote into the session",
+                        )
+                        return out
+                except (StoreError, GateViolation) as e:
+                    out.status, out.reason = "failed", f"{key}: {e}"
+                    return out
+        return out
+
+    def _probe_repo_data(self, repo: str) -> list[str]:
+        if repo not in self._probe_data:
+            self._probe_data[repo] = repository_data(self.store, repo, self.problems)
+        return self._probe_data[repo]
+
+    # single files (temp files)
+
+    def _single_file(self, item: PlanItem) -> Outcome:
+        f = item.files[0]
+        info = self.store.stat(f.path)
+        if info is None:
+            return Outcome(item, "skipped", "gone since plan")
+        if not info.regular or (info.size, info.mtime_ns, info.etag) != (f.size, f.mtime_ns, f.etag):
+            return Outcome(item, "skipped", "changed since plan")
+        if self.now() - from_ns(info.mtime_ns) < self.policy.older_than:
+            return Outcome(item, "skipped", f"younger than {format_duration(self.policy.older_than)}")
+        if not self.confirm:
+            return Outcome(item, "would_delete")
+        out = Outcome(item, "deleted")
+        self._delete(out, f)
+        return out
+
+    def _delete(self, out: Outcome, f: PlannedFile) -> bool:
+        try:
+            out.bytes_freed += _delete_file(self.store, f, out.item)
+            out.deleted_paths.append(f.path)
+            return True
+        except (Changed, NotFound) as e:
+            out.status, out.reason = "failed", f"changed during delete: {e}"
+        except (StoreError, GateViolation, OSError) as e:
+            out.status, out.reason = "failed", f"{f.path}: {e}"
+        return False
+
+
+def _difference(planned: list[PlannedFile], current: SessionObservation) -> str | None:
+    if current.strangers:
+        return f"unknown entry {current.strangers[0]}"
+    want = {f.path: f for f in planned}
+    for key in sorted(current.files):
+        if key not in want:
+            return f"new file {key}"
+    for path, f in want.items():
+        info = current.files.get(path)
+        if info is None:
+            return f"{path} vanished (re-plan to finish a half-deleted session)"
+        if (info.size, info.mtime_ns, info.etag) != (f.size, f.mtime_ns, f.etag):
+            return f"{path} was modified"
+    return None
+
+
+def _delete_file(store: Store, f: PlannedFile, item: PlanItem) -> int:
+    """The choke point for file deletion: re-parse the key, then let the store verify and delete."""
+    reason = _file_refusal(f.path, item)
+    if reason:
+        raise GateViolation(f"{f.path} {reason}")
+    return store.remove_file(f.path, f.info())
+
+
+def _remove_dir(store: Store, key: str, item: PlanItem) -> bool:
+    """The choke point for directory removal: only an (empty) directory of this item's session."""
+    d = layout.parse_dir(key)
+    if d.level not in SESSION_DIR_LEVELS or (d.repository, d.upload_id) != (item.repository, item.upload_id):
+        raise GateViolation(f"{key} is not a directory of upload session {item.upload_id}")
+    return store.remove_empty_dir(key)
+
+
+def apply_plan(
+    store: Store,
+    plan: Plan,
+    *,
+    confirm: bool,
+    force: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Callable[[int, int, Outcome], None] | None = None,
+) -> ApplyResult:
+    """Validate ``plan`` as a whole (PlanRefused: nothing deleted), then re-verify and run each item."""
+    validate(plan, store, force=force)
+    gate = Gate(store, plan, confirm=confirm, force=force, now=now)
+    result = ApplyResult(confirmed=confirm)
+    total = len(plan.items)
+    try:
+        for n, item in enumerate(plan.items, 1):
+            try:
+                outcome = gate.run_item(item)
+            except StoreError as e:
+                outcome = Outcome(item, "failed", str(e))
+            result.outcomes.append(outcome)
+            if progress:
+                progress(n, total, outcome)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        done = {id(o.item) for o in result.outcomes}
+        result.outcomes.extend(
+            Outcome(i, "skipped", "interrupted (may be partly deleted: re-plan to finish)")
+            for i in plan.items
+            if id(i) not in done
+        )
+    result.errors = list(gate.problems.errors)
+    return result

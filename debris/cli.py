@@ -1,0 +1,349 @@
+"""Command line: parse, call, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, Optional
+
+import typer
+
+from debris import __version__
+
+
+class Exit(IntEnum):
+    """Documented exit codes (README.md, docs/cli.md)."""
+
+    OK = 0
+    ERROR = 1  # could not run: bad store, unreadable or refused plan
+    USAGE = 2  # bad flags or a policy refused without --force
+    FAILURES = 3  # ran, but a delete failed or part of the store could not be read
+    DEBRIS_FOUND = 4  # plan --detailed-exitcode: the plan is not empty
+    INTERRUPTED = 130
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find and safely delete debris (abandoned uploads, temp files) in a container registry's storage. "
+    "Nothing is deleted without --confirm; blobs, manifests, links and tags are never deleted.",
+)
+
+StoreArg = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs the Optional spelling on 3.11
+    typer.Argument(
+        metavar="STORE",
+        help="The registry's rootdirectory (the directory that holds docker/), as a path or file://PATH.",
+        show_default=False,
+    ),
+]
+ConfigOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--registry-config", metavar="FILE", help="Read STORE from the registry's own config.yml."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+RowsOpt = Annotated[int, typer.Option("--rows", min=1, help="Rows shown per table in human output.")]
+OlderOpt = Annotated[
+    str,
+    typer.Option(
+        "--older-than",
+        metavar="AGE",
+        help="Upload sessions idle at least this long are debris (30s, 90m, 36h, 7d). Under 15m needs --force.",
+    ),
+]
+ProbeRepoOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--probe-repo",
+        metavar="NAME",
+        help="A write-probe repository (repeatable): its sessions are planned at --probe-older-than. "
+        "Refused if it holds tags or manifests, unless --force.",
+    ),
+]
+ProbeOlderOpt = Annotated[
+    str, typer.Option("--probe-older-than", metavar="AGE", help="Idle age for probe repositories' sessions.")
+]
+IncludeOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--include",
+        metavar="CLASSES",
+        help="Comma-separated classes to plan: upload_session (default; takes temp files inside a session "
+        "with it), temp_file (crash-left <file>.<uuid>.tmp anywhere: finding them walks every blob and "
+        "link directory, so it is opt-in and much slower on a large store).",
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Allow ages under the safety floor and non-empty probe repositories.")
+]
+
+
+def _fail(code: Exit, message: str) -> typer.Exit:
+    typer.echo(f"debris: error: {message}", err=True)
+    return typer.Exit(int(code))
+
+
+@contextlib.contextmanager
+def _errors():
+    """Map expected failures to one line on stderr and a documented exit code."""
+    from debris.apply import PlanRefused
+    from debris.plan import PlanFormatError
+    from debris.policy import PolicyError
+    from debris.stores import StoreSpecError
+    from debris.stores.base import StoreError
+
+    try:
+        yield
+    except (PolicyError, StoreSpecError) as e:
+        raise _fail(Exit.USAGE, str(e)) from None
+    except PlanRefused as e:
+        raise _fail(Exit.ERROR, f"plan refused, nothing deleted: {e}") from None
+    except (StoreError, PlanFormatError) as e:
+        raise _fail(Exit.ERROR, str(e)) from None
+    except KeyboardInterrupt:
+        raise _fail(Exit.INTERRUPTED, "interrupted") from None
+
+
+def _open(store: str | None, registry_config: str | None):
+    from debris.stores import open_store
+
+    return open_store(store, registry_config)
+
+
+def _policy(older_than, probe_repo, probe_older_than, include, force):
+    from debris.policy import Policy, parse_duration, parse_include
+
+    return Policy(
+        include=parse_include(include),
+        older_than=parse_duration(older_than),
+        probe_repos=tuple(dict.fromkeys(probe_repo or ())),
+        probe_older_than=parse_duration(probe_older_than),
+        force=force,
+    ).check()
+
+
+def _make_plan(st, policy):
+    from debris import inventory
+    from debris.layout import Kind
+    from debris.plan import make_plan, needs_startedat
+
+    now = datetime.now(UTC)
+    obs = inventory.observe(
+        st,
+        want_temp_files=Kind.TEMP_FILE in policy.include,
+        probe_repos=policy.probe_repos,
+        read_startedat=needs_startedat(policy, now),
+    )
+    return make_plan(obs, policy, now, st.url, st.identity()), now
+
+
+def _progress():
+    """A one-line progress meter on stderr, only for people at a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(n: int, total: int, _outcome) -> None:
+        sys.stderr.write(f"\r{n}/{total} items")
+        if n == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _check_out_path(path: str, store) -> None:
+    root = getattr(store, "root", None)
+    if root and (os.path.realpath(path) + "/").startswith(root.rstrip("/") + "/"):
+        raise _fail(
+            Exit.USAGE,
+            f"--out {path} is inside the store: planning never writes to the store; write the plan elsewhere",
+        )
+
+
+def _write_plan_file(path: str, data: dict) -> None:
+    import json
+
+    if path == "-":
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".debris-plan-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@app.command()
+def scan(
+    store: StoreArg = None,
+    registry_config: ConfigOpt = None,
+    by_repo: Annotated[bool, typer.Option("--by-repo", help="Also break totals down per repository.")] = False,
+    json_out: JsonOpt = False,
+    rows: RowsOpt = 50,
+) -> None:
+    """Inventory: every path classified, with counts and sizes per class (read-only)."""
+    from debris import inventory, render
+
+    with _errors():
+        st = _open(store, registry_config)
+        report = inventory.scan(st, by_repository=by_repo)
+    if json_out:
+        render.dump_json(render.scan_json(report, st.url))
+    else:
+        typer.echo(render.scan_text(report, st.url, rows))
+    if report.problems.errors:
+        raise typer.Exit(int(Exit.FAILURES))
+
+
+@app.command()
+def plan(
+    store: StoreArg = None,
+    registry_config: ConfigOpt = None,
+    older_than: OlderOpt = "24h",
+    probe_repo: ProbeRepoOpt = None,
+    probe_older_than: ProbeOlderOpt = "10m",
+    include: IncludeOpt = None,
+    force: ForceOpt = False,
+    out: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--out", metavar="FILE", help="Write the plan file for `debris apply` ('-' = stdout)."),
+    ] = None,
+    json_out: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 4 when the plan holds anything to delete.")
+    ] = False,
+    rows: RowsOpt = 50,
+) -> None:
+    """Dry-run deletion plan: only safe classes, never blobs, manifests, links or tags. Writes nothing to the store."""
+    from debris import render
+
+    with _errors():
+        policy = _policy(older_than, probe_repo, probe_older_than, include, force)
+        st = _open(store, registry_config)
+        if out and out != "-":
+            _check_out_path(out, st)
+        the_plan, now = _make_plan(st, policy)
+    data = the_plan.to_json()
+    if out:
+        _write_plan_file(out, data)
+    if json_out and out != "-":
+        render.dump_json(data)
+    elif not json_out:
+        text = render.plan_text(the_plan, now, rows)
+        typer.echo(text, err=(out == "-"))
+        if out and out != "-":
+            typer.echo(f"\nplan written to {out}; review it, then: debris apply {out} --confirm")
+    if the_plan.errors:
+        raise typer.Exit(int(Exit.FAILURES))
+    if detailed_exitcode and the_plan.items:
+        raise typer.Exit(int(Exit.DEBRIS_FOUND))
+
+
+def _finish_apply(result, json_out: bool, rows: int) -> None:
+    from debris import render
+
+    if json_out:
+        render.dump_json(result.to_json())
+    else:
+        typer.echo(render.apply_text(result, rows))
+    if result.interrupted:
+        raise typer.Exit(int(Exit.INTERRUPTED))
+    if result.failed:
+        raise typer.Exit(int(Exit.FAILURES))
+
+
+@app.command()
+def apply(
+    planfile: Annotated[
+        str, typer.Argument(metavar="PLANFILE", help="A plan written by `debris plan --out` ('-' = stdin).")
+    ],
+    confirm: Annotated[
+        bool, typer.Option("--confirm", help="Really delete. Without it, show what would be deleted.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Needed again if the plan was made with --force.")] = False,
+    store: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--store", metavar="STORE", help="Expect the plan to be for this store (refused otherwise)."),
+    ] = None,
+    json_out: JsonOpt = False,
+    rows: RowsOpt = 50,
+) -> None:
+    """Re-verify a plan file item by item and delete what is still safe (only with --confirm)."""
+    import json
+
+    from debris.apply import apply_plan
+    from debris.plan import Plan, PlanFormatError
+
+    with _errors():
+        try:
+            if planfile == "-":
+                raw = json.load(sys.stdin)
+            else:
+                with open(planfile, encoding="utf-8") as f:
+                    raw = json.load(f)
+        except OSError as e:
+            raise _fail(Exit.ERROR, f"cannot read plan {planfile}: {e.strerror}") from None
+        except ValueError as e:
+            raise PlanFormatError(f"{planfile} is not JSON: {e}") from None
+        the_plan = Plan.from_json(raw)
+        st = _open(store or the_plan.store_url, None)
+        result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
+    _finish_apply(result, json_out, rows)
+
+
+@app.command()
+def clean(
+    store: StoreArg = None,
+    registry_config: ConfigOpt = None,
+    older_than: OlderOpt = "24h",
+    probe_repo: ProbeRepoOpt = None,
+    probe_older_than: ProbeOlderOpt = "10m",
+    include: IncludeOpt = None,
+    force: ForceOpt = False,
+    confirm: Annotated[bool, typer.Option("--confirm", help="Really delete. Without it, a dry run.")] = False,
+    json_out: JsonOpt = False,
+    rows: RowsOpt = 50,
+) -> None:
+    """Plan and apply in one step (for cron): every item still passes the delete gate."""
+    from debris.apply import apply_plan
+
+    with _errors():
+        policy = _policy(older_than, probe_repo, probe_older_than, include, force)
+        st = _open(store, registry_config)
+        the_plan, _ = _make_plan(st, policy)
+        result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
+    result.errors[:0] = the_plan.errors
+    _finish_apply(result, json_out, rows)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"debris {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+) -> None:
+    pass
+
+
+def main() -> None:
+    app()

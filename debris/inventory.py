@@ -1,0 +1,263 @@
+"""Walk a store with the grammar and report what is there: facts, no decisions.
+
+``observe`` gathers what planning needs (upload sessions, temp files, unknown paths) and
+walks only where those can be; ``scan`` classifies every path. The gate re-observes a single
+session with ``observe_session``, through the same code, so planning and deleting can never
+disagree about what a session is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from debris import layout
+from debris.layout import REGISTRY_DATA_LEVELS, Dir, Kind, Level
+from debris.stores.base import FileInfo, Found, Store, StoreError, WalkProblems
+
+UNKNOWN_SAMPLE_LIMIT = 1000
+STARTEDAT_READ_LIMIT = 256
+
+
+@dataclass
+class UnknownReport:
+    """Paths the grammar does not recognise. Counted in full, listed up to a limit."""
+
+    count: int = 0
+    bytes: int = 0
+    unwalked_dirs: int = 0  # unknown directories a plan did not descend into: their size is not measured
+    sample: list[str] = field(default_factory=list)
+
+    def add(self, key: str, size: int | None) -> None:
+        self.count += 1
+        if size is None:
+            self.unwalked_dirs += 1
+        else:
+            self.bytes += size
+        if len(self.sample) < UNKNOWN_SAMPLE_LIMIT:
+            self.sample.append(key)
+
+    @property
+    def truncated(self) -> bool:
+        return self.count > len(self.sample)
+
+
+@dataclass
+class SessionObservation:
+    repository: str
+    upload_id: str
+    files: dict[str, FileInfo] = field(default_factory=dict)  # key -> info: session members and their temp files
+    dirs: dict[str, int] = field(default_factory=dict)  # directory key -> mtime_ns (stores with directories)
+    strangers: list[str] = field(default_factory=list)  # unknown or non-regular entries inside the session
+    startedat: bytes | None = None  # content, when it was read
+
+    @property
+    def key(self) -> str:
+        return layout.session_dir_key(self.repository, self.upload_id)
+
+    @property
+    def startedat_key(self) -> str:
+        return f"{self.key}/startedat"
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.size for i in self.files.values())
+
+    def newest_mtime_ns(self) -> int | None:
+        stamps = [i.mtime_ns for i in self.files.values()] or list(self.dirs.values())
+        return max(stamps) if stamps else None
+
+
+@dataclass
+class Observation:
+    sessions: dict[tuple[str, str], SessionObservation] = field(default_factory=dict)
+    temp_files: list[tuple[layout.Entry, FileInfo]] = field(default_factory=list)
+    unknown: UnknownReport = field(default_factory=UnknownReport)
+    problems: WalkProblems = field(default_factory=WalkProblems)
+    probe_repo_data: dict[str, list[str]] = field(default_factory=dict)  # probe repo -> its tags/revisions
+
+
+def _prune(*, into_registry_data: bool, into_unknown: bool, on_unknown_dir: Callable[[Dir, str], None]):
+    def descend(parent: Dir, parent_key: str, name: str) -> Dir | None:
+        child = layout.descend(parent, name)
+        if child.level is Level.UNKNOWN:
+            if into_unknown:
+                return child
+            on_unknown_dir(parent, f"{parent_key}/{name}/" if parent_key else f"{name}/")
+            return None
+        if not into_registry_data and child.level in REGISTRY_DATA_LEVELS:
+            return None
+        return child
+
+    return descend
+
+
+class _Collector:
+    """Routes walked entries into an Observation."""
+
+    def __init__(self, obs: Observation, want_temp_files: bool):
+        self.obs = obs
+        self.want_temp_files = want_temp_files
+
+    def session(self, d: Dir) -> SessionObservation:
+        sid = (d.repository, d.upload_id)
+        s = self.obs.sessions.get(sid)
+        if s is None:
+            s = self.obs.sessions[sid] = SessionObservation(d.repository, d.upload_id)
+        return s
+
+    def unknown_dir(self, parent: Dir, key: str) -> None:
+        if parent.upload_id is not None:
+            self.session(parent).strangers.append(key)
+        self.obs.unknown.add(key, None)
+
+    def absorb(self, found: Found[Dir]) -> None:
+        d, info = found.state, found.info
+        if info.is_dir:
+            if d.upload_id is not None:
+                self.session(d).dirs[found.key] = info.mtime_ns
+            return
+        kind = layout.classify(d, found.name) if info.regular else Kind.UNKNOWN
+        if d.upload_id is not None:
+            s = self.session(d)
+            if kind is Kind.UNKNOWN:
+                s.strangers.append(found.key)
+            else:
+                s.files[found.key] = info
+        elif kind is Kind.TEMP_FILE and self.want_temp_files:
+            self.obs.temp_files.append((layout.entry(d, found.name, found.key), info))
+        if kind is Kind.UNKNOWN:
+            self.obs.unknown.add(found.key, info.size)
+
+
+def observe(
+    store: Store,
+    *,
+    want_temp_files: bool,
+    probe_repos: Iterable[str] = (),
+    read_startedat: Callable[[SessionObservation], bool] = lambda s: True,
+) -> Observation:
+    """Facts for planning. Walks repositories and their ``_uploads``; registry data only for temp files.
+
+    ``read_startedat(session)`` says whether a session's ``startedat`` content is worth a read
+    (a session already too fresh by its mtimes need not pay for one).
+    """
+    obs = Observation()
+    collector = _Collector(obs, want_temp_files)
+    descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
+    for found in store.walk("", layout.STORE_ROOT, descend, obs.problems):
+        collector.absorb(found)
+    for s in obs.sessions.values():
+        if s.startedat_key in s.files and read_startedat(s):
+            _read_startedat(store, s, obs.problems)
+    for repo in probe_repos:
+        obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
+    return obs
+
+
+def _read_startedat(store: Store, s: SessionObservation, problems: WalkProblems) -> None:
+    try:
+        s.startedat = store.read(s.startedat_key, STARTEDAT_READ_LIMIT)
+    except StoreError as e:
+        problems.errors.append(f"{s.startedat_key}: {e}")
+
+
+def observe_session(store: Store, repository: str, upload_id: str, problems: WalkProblems) -> SessionObservation | None:
+    """One session as it is now, or None if its directory (and every object of it) is gone."""
+    obs = Observation(problems=problems)
+    collector = _Collector(obs, want_temp_files=False)
+    start = Dir(Level.SESSION, repository, upload_id)
+    key = layout.session_dir_key(repository, upload_id)
+    descend = _prune(into_registry_data=False, into_unknown=False, on_unknown_dir=collector.unknown_dir)
+    try:
+        top = store.stat(key)
+    except StoreError as e:
+        problems.errors.append(f"{key}: {e}")
+        top = None
+    s = collector.session(start)
+    if top is not None and top.is_dir:
+        s.dirs[key] = top.mtime_ns
+    for found in store.walk(key, start, descend, problems):
+        collector.absorb(found)
+    if not (s.files or s.dirs or s.strangers):
+        return None
+    if s.startedat_key in s.files:
+        _read_startedat(store, s, problems)
+    return s
+
+
+def repository_data(store: Store, repository: str, problems: WalkProblems, limit: int = 20) -> list[str]:
+    """Up to ``limit`` tags and manifest revisions of one repository ("tag:NAME", "revision:DIGEST")."""
+    found_names: list[str] = []
+    start = Dir(Level.MANIFESTS, repository)
+
+    def descend(parent: Dir, _key: str, name: str) -> Dir | None:
+        child = layout.descend(parent, name)
+        return None if child.level in (Level.UNKNOWN, Level.TAG_INDEX) else child
+
+    for found in store.walk(f"{layout.ROOT_PREFIX}/repositories/{repository}/_manifests", start, descend, problems):
+        if found.info.is_dir or not found.info.regular:
+            continue
+        kind = layout.classify(found.state, found.name)
+        if kind is Kind.TAG:
+            found_names.append(f"tag:{found.state.tag}")
+        elif kind is Kind.MANIFEST:
+            found_names.append(f"revision:{found.state.alg}:{found.state.hex}")
+        if len(found_names) >= limit:
+            break
+    return found_names
+
+
+@dataclass
+class ClassTotals:
+    count: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class ScanReport:
+    by_class: dict[Kind, ClassTotals] = field(default_factory=dict)
+    by_repository: dict[str, dict[Kind, ClassTotals]] = field(default_factory=dict)
+    sessions: set[tuple[str, str]] = field(default_factory=set)
+    unknown: UnknownReport = field(default_factory=UnknownReport)
+    problems: WalkProblems = field(default_factory=WalkProblems)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.bytes for t in self.by_class.values())
+
+
+def scan(store: Store, by_repository: bool = False) -> ScanReport:
+    """Classify every path in the store and sum sizes per class (and per repository)."""
+    report = ScanReport()
+    totals: dict[Kind, ClassTotals] = report.by_class
+    repos = report.by_repository
+    unknown = report.unknown
+
+    def descend(parent: Dir, _key: str, name: str) -> Dir:
+        return layout.descend(parent, name)
+
+    classify = layout.classify
+    sessions = report.sessions
+    for found in store.walk("", layout.STORE_ROOT, descend, report.problems):
+        d, info = found.state, found.info
+        if d.upload_id is not None:
+            sessions.add((d.repository, d.upload_id))
+        if info.is_dir:
+            continue
+        kind = classify(d, found.name) if info.regular else Kind.UNKNOWN
+        t = totals.get(kind)
+        if t is None:
+            t = totals[kind] = ClassTotals()
+        t.count += 1
+        t.bytes += info.size
+        if kind is Kind.UNKNOWN:
+            unknown.add(found.key, info.size)
+        if by_repository and d.repository is not None:
+            per = repos.setdefault(d.repository, {})
+            rt = per.get(kind)
+            if rt is None:
+                rt = per[kind] = ClassTotals()
+            rt.count += 1
+            rt.bytes += info.size
+    return report

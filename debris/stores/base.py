@@ -1,0 +1,148 @@
+"""The Store interface: the only I/O debris does against a registry's backing store.
+
+A store knows nothing about the registry layout. The walker hands it a ``descend``
+callback (the grammar plus the caller's pruning) so that directories a job does not
+need are never listed. Destructive primitives (``remove_file``, ``remove_empty_dir``)
+exist for one caller only: the gate in ``debris.apply``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+
+class Capability(StrEnum):
+    DIRECTORIES = "directories"  # real directories that must be removed once empty (local filesystem)
+    MULTIPART_UPLOADS = "multipart_uploads"  # incomplete multipart uploads can be listed and aborted (S3 family)
+    FREE_SPACE = "free_space"  # free bytes / inodes can be measured (local filesystem)
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a store reports about one file. ``mtime_ns`` is the modification time (S3: LastModified)."""
+
+    size: int
+    mtime_ns: int
+    etag: str | None = None
+    regular: bool = True  # False: symlink, fifo, socket, device... never part of the layout
+    is_dir: bool = False
+
+    def fingerprint(self) -> dict:
+        fp = {"size": self.size, "mtime_ns": self.mtime_ns}
+        if self.etag is not None:
+            fp["etag"] = self.etag
+        return fp
+
+
+@dataclass(frozen=True, slots=True)
+class Found(Generic[S]):
+    """An entry seen by a walk, in the directory ``dir_key``.
+
+    For a file ``state`` is its directory's state; for a directory (``info.is_dir``) it is the
+    state ``descend`` gave that directory itself.
+    """
+
+    state: S
+    dir_key: str
+    name: str
+    info: FileInfo
+
+    @property
+    def key(self) -> str:
+        return f"{self.dir_key}/{self.name}" if self.dir_key else self.name
+
+
+@dataclass(slots=True)
+class WalkProblems:
+    """What a walk could not read. Reported loudly; vanished entries are normal concurrency."""
+
+    errors: list[str] = field(default_factory=list)
+    vanished: int = 0
+
+
+class StoreError(Exception):
+    """An I/O failure against the store, with a one-line message for people."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Changed(StoreError):
+    """The object is no longer what the caller verified (type, size, mtime, ETag)."""
+
+
+class StoreFull(StoreError):
+    """The store refuses writes because it is out of space or quota."""
+
+
+class Store(ABC):
+    """A registry backing store.
+
+    Keys are '/'-separated, relative to the registry's rootdirectory (the directory that
+    holds ``docker/``), never start with '/', and never contain '.' or '..' components.
+    """
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Canonical URL naming this store (file:///abs/root, s3://bucket/root)."""
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """Facts that distinguish this store from another one at the same URL (device/inode, endpoint).
+
+        A plan records it; the gate refuses a plan whose identity differs.
+        """
+
+    @abstractmethod
+    def walk(
+        self,
+        start_key: str,
+        start_state: S,
+        descend: Callable[[S, str, str], S | None],
+        problems: WalkProblems,
+    ) -> Iterator[Found[S]]:
+        """Yield every entry below ``start_key`` (which has state ``start_state``).
+
+        ``descend(parent_state, parent_key, name)`` is called exactly once for each subdirectory
+        seen; it returns the child's state, or None to prune it (it is then never listed).
+        Directories that are descended are yielded too, with their own state, before their content
+        (stores without directories yield none). Entries that are neither regular files nor
+        directories are yielded with ``regular=False``; symlinks are never followed. A missing
+        ``start_key`` yields nothing and is not an error. Read errors go to ``problems`` and the
+        walk goes on.
+        """
+
+    @abstractmethod
+    def stat(self, key: str) -> FileInfo | None:
+        """Info for one file, or None if it does not exist. Never follows symlinks."""
+
+    @abstractmethod
+    def read(self, key: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes of a small regular file, or None if it does not exist."""
+
+    @abstractmethod
+    def remove_file(self, key: str, expected: FileInfo) -> int:
+        """Delete one regular file if it still matches ``expected``; return the bytes freed.
+
+        Raises NotFound, Changed or StoreError. Only ``debris.apply`` may call this.
+        """
+
+    def remove_empty_dir(self, key: str) -> bool:
+        """Remove directory ``key`` if it is empty; return False if it is not empty or gone.
+
+        Stores without real directories have nothing to remove. Only ``debris.apply`` may call this.
+        """
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or descriptors."""

@@ -1,0 +1,256 @@
+"""Local filesystem store (the registry's ``filesystem`` storage driver).
+
+Every access is relative to directory file descriptors opened with O_NOFOLLOW, starting
+from one descriptor of the store root held for the store's lifetime: a directory swapped
+for a symlink between planning and deleting fails with ELOOP/ENOTDIR instead of leading
+out of the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st_mod
+from collections.abc import Callable, Iterator
+
+from debris.stores.base import (
+    Capability,
+    Changed,
+    FileInfo,
+    Found,
+    NotFound,
+    S,
+    Store,
+    StoreError,
+    WalkProblems,
+)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Deeper than any valid layout path (a 255-character repository name has at most 128 components).
+MAX_DEPTH = 160
+
+
+def _info(st: os.stat_result) -> FileInfo:
+    mode = st.st_mode
+    return FileInfo(st.st_size, st.st_mtime_ns, None, st_mod.S_ISREG(mode), st_mod.S_ISDIR(mode))
+
+
+class LocalStore(Store):
+    capabilities = frozenset({Capability.DIRECTORIES, Capability.FREE_SPACE})
+
+    def __init__(self, root: str):
+        self.root = os.path.realpath(root)
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StoreError(f"store root {self.root} does not exist") from None
+        except NotADirectoryError:
+            raise StoreError(f"store root {self.root} is not a directory") from None
+        except OSError as e:
+            raise StoreError(f"cannot open store root {self.root}: {e.strerror}") from None
+        root_st = os.fstat(self._root_fd)
+        self._identity = {"kind": "file", "path": self.root, "dev": root_st.st_dev, "ino": root_st.st_ino}
+
+    @property
+    def url(self) -> str:
+        return "file://" + self.root
+
+    def identity(self) -> dict:
+        return dict(self._identity)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    # -- descriptor helpers -------------------------------------------------------------
+
+    def _open_dir(self, parts: list[str]) -> int:
+        """A new descriptor for the directory ``parts`` below the root, never through a symlink."""
+        fd = os.dup(self._root_fd)
+        try:
+            for p in parts:
+                nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _parent(self, key: str) -> tuple[int, str]:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"refusing unclean key {key!r}")
+        try:
+            return self._open_dir(parts[:-1]), parts[-1]
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Changed(f"{key}: a parent directory is no longer a directory (symlink?)") from None
+            raise StoreError(f"{key}: {e.strerror}") from None
+
+    # -- reading ------------------------------------------------------------------------
+
+    def walk(
+        self,
+        start_key: str,
+        start_state: S,
+        descend: Callable[[S, str, str], S | None],
+        problems: WalkProblems,
+    ) -> Iterator[Found[S]]:
+        try:
+            fd = self._open_dir(start_key.split("/") if start_key else [])
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            problems.errors.append(f"{start_key or '.'}: {e.strerror}")
+            return
+        # An explicit stack of open directories: one descriptor per level of depth, never one per
+        # sibling, so a directory with 100k children cannot exhaust descriptors.
+        frames: list[tuple[int, str, S, Iterator[str]]] = []
+        try:
+            subdirs = yield from self._list(fd, start_key, start_state, problems)
+            frames.append((fd, start_key, start_state, iter(subdirs)))
+            while frames:
+                pfd, pkey, pstate, pending = frames[-1]
+                name = next(pending, None)
+                if name is None:
+                    os.close(pfd)
+                    frames.pop()
+                    continue
+                child = descend(pstate, pkey, name)
+                if child is None:
+                    continue
+                ckey = f"{pkey}/{name}" if pkey else name
+                if len(frames) >= MAX_DEPTH:
+                    problems.errors.append(f"{ckey}: deeper than {MAX_DEPTH} levels, not walked")
+                    continue
+                try:
+                    cfd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+                    cinfo = _info(os.fstat(cfd))
+                except FileNotFoundError:
+                    problems.vanished += 1
+                    continue
+                except OSError as e:
+                    problems.errors.append(f"{ckey}: {e.strerror}")
+                    continue
+                frames.append((cfd, ckey, child, iter(())))
+                yield Found(child, pkey, name, cinfo)
+                csub = yield from self._list(cfd, ckey, child, problems)
+                frames[-1] = (cfd, ckey, child, iter(csub))
+        finally:
+            for f in frames:
+                os.close(f[0])
+
+    @staticmethod
+    def _list(fd: int, key: str, state: S, problems: WalkProblems):
+        """Yield the files of directory ``fd``; return the names of its subdirectories."""
+        subdirs: list[str] = []
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+        except OSError as e:
+            problems.errors.append(f"{key or '.'}: {e.strerror}")
+            return subdirs
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e.name)
+                    continue
+                info = _info(e.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                problems.vanished += 1
+                continue
+            except OSError as err:
+                problems.errors.append(f"{key}/{e.name}: {err.strerror}")
+                continue
+            yield Found(state, key, e.name, info)
+        return subdirs
+
+    def stat(self, key: str) -> FileInfo | None:
+        try:
+            fd, name = self._parent(key)
+        except NotFound:
+            return None
+        try:
+            return _info(os.stat(name, dir_fd=fd, follow_symlinks=False))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{key}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def read(self, key: str, limit: int) -> bytes | None:
+        try:
+            fd, name = self._parent(key)
+        except NotFound:
+            return None
+        try:
+            # O_NONBLOCK: opening a FIFO planted in the store must not hang the scan.
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{key}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            if not st_mod.S_ISREG(os.fstat(ffd).st_mode):
+                raise Changed(f"{key}: not a regular file")
+            return os.read(ffd, limit)
+        finally:
+            os.close(ffd)
+
+    def free_space(self) -> dict:
+        vfs = os.fstatvfs(self._root_fd)
+        return {
+            "bytes_free": vfs.f_bavail * vfs.f_frsize,
+            "bytes_total": vfs.f_blocks * vfs.f_frsize,
+            "inodes_free": vfs.f_favail,
+            "inodes_total": vfs.f_files,
+        }
+
+    # -- destructive primitives: only debris.apply calls these ---------------------------
+
+    def remove_file(self, key: str, expected: FileInfo) -> int:
+        fd, name = self._parent(key)
+        try:
+            try:
+                current = _info(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            except FileNotFoundError:
+                raise NotFound(key) from None
+            if not current.regular:
+                raise Changed(f"{key}: no longer a regular file")
+            if (current.size, current.mtime_ns) != (expected.size, expected.mtime_ns):
+                raise Changed(f"{key}: size or mtime changed")
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                raise NotFound(key) from None
+            except OSError as e:
+                raise StoreError(f"{key}: {e.strerror}") from None
+            return current.size
+        finally:
+            os.close(fd)
+
+    def remove_empty_dir(self, key: str) -> bool:
+        try:
+            fd, name = self._parent(key)
+        except NotFound:
+            return False
+        try:
+            os.rmdir(name, dir_fd=fd)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            if e.errno == errno.ENOTDIR:
+                raise Changed(f"{key}: no longer a directory") from None
+            raise StoreError(f"{key}: {e.strerror}") from None
+        finally:
+            os.close(fd)
