@@ -32,7 +32,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import pytest
+try:
+    import pytest
+except ImportError:  # scripts/sample_store.py uses this harness without the test extras
+    pytest = None
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SKOPEO_BIN = shutil.which("skopeo") or "/usr/bin/skopeo"
@@ -40,8 +43,10 @@ SKOPEO_BIN = shutil.which("skopeo") or "/usr/bin/skopeo"
 _MISSING = [b for b in (REGISTRY_BIN, SKOPEO_BIN) if not os.access(b, os.X_OK)]
 #: Apply to tests that need a real registry: they are skipped, with the reason, only when
 #: the tools are not installed (``apt-get install docker-registry skopeo``).
-requires_registry_tools = pytest.mark.skipif(
-    bool(_MISSING), reason=f"real-registry tests need {' and '.join(_MISSING)} (not installed)"
+requires_registry_tools = (
+    pytest.mark.skipif(bool(_MISSING), reason=f"real-registry tests need {' and '.join(_MISSING)} (not installed)")
+    if pytest
+    else None
 )
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
