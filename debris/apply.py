@@ -12,7 +12,7 @@ for each single key.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from debris import layout
@@ -20,7 +20,16 @@ from debris.inventory import SessionObservation, observe_session, repository_dat
 from debris.layout import SAFE_KINDS, SESSION_DIR_LEVELS, Kind
 from debris.plan import Plan, PlanItem, PlannedFile, from_ns, judge_session
 from debris.policy import Policy, PolicyError, format_duration
-from debris.stores.base import Capability, Changed, NotFound, Store, StoreError, WalkProblems
+from debris.stores.base import (
+    Capability,
+    Changed,
+    MultipartUpload,
+    NotFound,
+    Removal,
+    Store,
+    StoreError,
+    WalkProblems,
+)
 
 SESSION_KINDS = frozenset({Kind.UPLOAD_SESSION, Kind.PROBE_REPO})
 #: What a single file of an item of each kind may parse as.
@@ -28,6 +37,8 @@ _FILE_KINDS_FOR_ITEM = {
     Kind.UPLOAD_SESSION: frozenset({Kind.UPLOAD_SESSION, Kind.TEMP_FILE}),
     Kind.PROBE_REPO: frozenset({Kind.UPLOAD_SESSION, Kind.TEMP_FILE}),
     Kind.TEMP_FILE: frozenset({Kind.TEMP_FILE}),
+    Kind.MULTIPART_UPLOAD: frozenset(),  # aborts only; its session's objects are already gone
+    Kind.FOLDER_MARKER: frozenset({Kind.FOLDER_MARKER}),
 }
 
 
@@ -107,13 +118,13 @@ def validate(plan: Plan, store: Store, *, force: bool) -> None:
         )
     policy = plan.policy
     try:
-        Policy(policy.include, policy.older_than, policy.probe_repos, policy.probe_older_than, force).check()
+        replace(policy, force=force).check()
     except PolicyError as e:
         raise PlanRefused(f"plan policy needs --force here too: {e}") from None
     seen: set[tuple] = set()
     for n, item in enumerate(plan.items):
         where = f"item {n} ({item.label()})"
-        ident = (item.kind, item.repository, item.upload_id) if item.upload_id else (item.kind, tuple(item.paths))
+        ident = (item.repository, item.upload_id) if item.upload_id else tuple(item.paths)
         if ident in seen:
             raise PlanRefused(f"{where}: listed twice")
         seen.add(ident)
@@ -122,27 +133,35 @@ def validate(plan: Plan, store: Store, *, force: bool) -> None:
 
 def _validate_item(item: PlanItem, policy: Policy, store: Store, where: str) -> None:
     if item.kind not in SAFE_KINDS or item.kind not in _FILE_KINDS_FOR_ITEM:
-        raise PlanRefused(f"{where}: class {item.kind.value!r} cannot be deleted from {store.url}")
+        raise PlanRefused(f"{where}: class {item.kind.value!r} cannot be deleted")
     if not policy.allows(item.kind):
         raise PlanRefused(f"{where}: class {item.kind.value!r} is not included by the plan's policy")
-    if not item.files:
-        raise PlanRefused(f"{where}: no files")
-    if len(set(item.paths)) != len(item.paths):
+    if not item.files and not item.multiparts:
+        raise PlanRefused(f"{where}: names nothing to delete")
+    if len(set(item.paths)) != len(item.paths) or len({m.upload_id for m in item.multiparts}) != len(item.multiparts):
         raise PlanRefused(f"{where}: a path is listed twice")
-    if item.kind in SESSION_KINDS:
+    if item.multiparts and Capability.MULTIPART_UPLOADS not in store.capabilities:
+        raise PlanRefused(f"{where}: {store.url} has no multipart uploads")
+    if item.upload_id is not None or item.kind in SESSION_KINDS:
         if not (item.repository and layout.is_valid_repository(item.repository)):
             raise PlanRefused(f"{where}: invalid repository {item.repository!r}")
         if not (item.upload_id and layout.is_upload_id(item.upload_id)):
             raise PlanRefused(f"{where}: invalid upload id {item.upload_id!r}")
-        expected_kind, _ = policy.threshold_for(item.repository)
-        if item.kind is not expected_kind:
+        if item.kind is not Kind.MULTIPART_UPLOAD and item.kind is not policy.threshold_for(item.repository)[0]:
             raise PlanRefused(f"{where}: class {item.kind.value} does not match repository {item.repository}")
-    elif len(item.files) != 1:
+    elif item.kind is Kind.MULTIPART_UPLOAD:
+        if len(item.multiparts) != 1:
+            raise PlanRefused(f"{where}: a multipart upload outside a session is one upload")
+    elif len(item.files) != 1 or item.multiparts:
         raise PlanRefused(f"{where}: a {item.kind.value} item names exactly one file")
     for f in item.files:
         reason = _file_refusal(f.path, item)
         if reason:
             raise PlanRefused(f"{where}: {f.path!r} {reason}")
+    for m in item.multiparts:
+        reason = _multipart_refusal(m, item)
+        if reason:
+            raise PlanRefused(f"{where}: multipart upload on {m.key!r} {reason}")
 
 
 def _file_refusal(key: str, item: PlanItem) -> str | None:
@@ -150,11 +169,26 @@ def _file_refusal(key: str, item: PlanItem) -> str | None:
     entry = layout.parse(key)
     if entry.kind not in _FILE_KINDS_FOR_ITEM.get(item.kind, ()):
         return f"parses as {entry.kind.value}, not as part of a {item.kind.value}"
-    if item.kind in SESSION_KINDS:
+    if item.upload_id is not None:
         if (entry.repository, entry.upload_id) != (item.repository, item.upload_id):
             return "belongs to another upload session"
     elif entry.in_session:
         return "is inside an upload session (deleted with its session only)"
+    return None
+
+
+def _multipart_refusal(mp: MultipartUpload, item: PlanItem) -> str | None:
+    """Why the multipart upload ``mp`` may not be aborted as part of ``item`` (None: it may)."""
+    entry = layout.parse(mp.key)
+    if item.upload_id is not None:
+        if entry.kind is not Kind.UPLOAD_SESSION or entry.member != "data":
+            return f"is on a {entry.kind.value}, not on an upload session's data"
+        if (entry.repository, entry.upload_id) != (item.repository, item.upload_id):
+            return "belongs to another upload session"
+    elif item.kind is not Kind.MULTIPART_UPLOAD or entry.kind is not Kind.BLOB:
+        return f"is on a {entry.kind.value}: only a session's data or a failed copy onto a blob path may be aborted"
+    if mp.parts is None:
+        return "has no recorded parts to verify"
     return None
 
 
@@ -175,17 +209,19 @@ class Gate:
         self._probe_data: dict[str, list[str]] = {}
 
     def run_item(self, item: PlanItem) -> Outcome:
-        if item.kind in SESSION_KINDS:
+        if item.upload_id is not None:
             return self._session(item)
+        if item.kind is Kind.MULTIPART_UPLOAD:
+            return self._blob_multipart(item)
         return self._single_file(item)
 
-    # sessions
+    # sessions (and orphan multipart uploads of purged sessions)
 
     def _session(self, item: PlanItem) -> Outcome:
         current = observe_session(self.store, item.repository, item.upload_id, self.problems)
         if current is None:
             return Outcome(item, "skipped", "gone since plan")
-        change = _difference(item.files, current)
+        change = _difference(item, current)
         if change:
             return Outcome(item, "skipped", f"changed since plan: {change}")
         verdict = judge_session(current, self.policy, self.now())
@@ -198,17 +234,22 @@ class Gate:
         if not self.confirm:
             return Outcome(item, "would_delete")
         out = Outcome(item, "deleted")
-        for f in verdict.item.files:  # the planner's order: startedat first, data last
-            if not self._delete(out, f):
+        # startedat first, alone: without it the registry refuses the upload before any bytes go.
+        files = verdict.item.files
+        first = [f for f in files if f.path.endswith("/startedat")]
+        rest = [f for f in files if not f.path.endswith("/startedat")]
+        for group in (first, rest):
+            if group and not self._delete(out, group):
+                return out
+        for mp in verdict.item.multiparts:
+            if not self._abort(out, mp):
                 return out
         if Capability.DIRECTORIES in self.store.capabilities:
             for key in sorted(current.dirs, key=lambda k: (-k.count("/"), k)):
                 try:
                     if not _remove_dir(self.store, key, item):
-                        out.status, out.reason = (
-                            "failed",
-                            f"{key} not empty after its files were deleted: something wrote into the session",
-                        )
+                        out.status = "failed"
+                        out.reason = f"{key} not empty after its files were deleted: something wrote into the session"
                         return out
                 except (StoreError, GateViolation) as e:
                     out.status, out.reason = "failed", f"{key}: {e}"
@@ -220,7 +261,32 @@ class Gate:
             self._probe_data[repo] = repository_data(self.store, repo, self.problems)
         return self._probe_data[repo]
 
-    # single files (temp files)
+    # failed copies onto blob paths
+
+    def _blob_multipart(self, item: PlanItem) -> Outcome:
+        planned = item.multiparts[0]
+        found = [
+            m
+            for m in self.store.list_multipart_uploads(planned.key, self.problems)
+            if m.upload_id == planned.upload_id and m.key == planned.key
+        ]
+        if not found:
+            return Outcome(item, "skipped", "gone since plan (completed or aborted)")
+        try:
+            current = replace(found[0], parts=tuple(self.store.list_parts(found[0])))
+        except NotFound:
+            return Outcome(item, "skipped", "gone since plan (completed or aborted)")
+        if _parts_fingerprint(current) != _parts_fingerprint(planned):
+            return Outcome(item, "skipped", "changed since plan: its parts differ")
+        if self.now() - from_ns(current.newest_ns()) < self.policy.blob_multipart_older_than:
+            return Outcome(item, "skipped", f"younger than {format_duration(self.policy.blob_multipart_older_than)}")
+        if not self.confirm:
+            return Outcome(item, "would_delete")
+        out = Outcome(item, "deleted")
+        self._abort(out, current)
+        return out
+
+    # single files (temp files, folder markers)
 
     def _single_file(self, item: PlanItem) -> Outcome:
         f = item.files[0]
@@ -229,30 +295,52 @@ class Gate:
             return Outcome(item, "skipped", "gone since plan")
         if not info.regular or (info.size, info.mtime_ns, info.etag) != (f.size, f.mtime_ns, f.etag):
             return Outcome(item, "skipped", "changed since plan")
-        if self.now() - from_ns(info.mtime_ns) < self.policy.older_than:
+        if item.kind is Kind.TEMP_FILE and self.now() - from_ns(info.mtime_ns) < self.policy.older_than:
             return Outcome(item, "skipped", f"younger than {format_duration(self.policy.older_than)}")
         if not self.confirm:
             return Outcome(item, "would_delete")
         out = Outcome(item, "deleted")
-        self._delete(out, f)
+        self._delete(out, [f])
         return out
 
-    def _delete(self, out: Outcome, f: PlannedFile) -> bool:
+    def _delete(self, out: Outcome, files: list[PlannedFile]) -> bool:
         try:
-            out.bytes_freed += _delete_file(self.store, f, out.item)
-            out.deleted_paths.append(f.path)
+            removals = _delete_files(self.store, files, out.item)
+        except (StoreError, GateViolation, OSError) as e:
+            out.status, out.reason = "failed", str(e)
+            return False
+        ok = True
+        for r in removals:
+            if r.error is None:
+                out.bytes_freed += r.bytes_freed
+                out.deleted_paths.append(r.key)
+            elif ok:
+                ok = False
+                out.status = "failed"
+                changed = isinstance(r.error, Changed | NotFound)
+                out.reason = f"changed during delete: {r.error}" if changed else f"{r.key}: {r.error}"
+        return ok
+
+    def _abort(self, out: Outcome, mp: MultipartUpload) -> bool:
+        try:
+            out.bytes_freed += _abort_multipart(self.store, mp, out.item)
+            out.deleted_paths.append(f"{mp.key} (multipart upload {mp.upload_id})")
             return True
         except (Changed, NotFound) as e:
-            out.status, out.reason = "failed", f"changed during delete: {e}"
-        except (StoreError, GateViolation, OSError) as e:
-            out.status, out.reason = "failed", f"{f.path}: {e}"
+            out.status, out.reason = "failed", f"changed during abort: {e}"
+        except (StoreError, GateViolation) as e:
+            out.status, out.reason = "failed", f"{mp.key}: {e}"
         return False
 
 
-def _difference(planned: list[PlannedFile], current: SessionObservation) -> str | None:
+def _parts_fingerprint(mp: MultipartUpload) -> list[tuple]:
+    return [(p.number, p.size, p.etag, p.mtime_ns) for p in mp.parts or ()]
+
+
+def _difference(item: PlanItem, current: SessionObservation) -> str | None:
     if current.strangers:
         return f"unknown entry {current.strangers[0]}"
-    want = {f.path: f for f in planned}
+    want = {f.path: f for f in item.files}
     for key in sorted(current.files):
         if key not in want:
             return f"new file {key}"
@@ -262,15 +350,33 @@ def _difference(planned: list[PlannedFile], current: SessionObservation) -> str 
             return f"{path} vanished (re-plan to finish a half-deleted session)"
         if (info.size, info.mtime_ns, info.etag) != (f.size, f.mtime_ns, f.etag):
             return f"{path} was modified"
+    planned = {m.upload_id: m for m in item.multiparts}
+    now = {m.upload_id: m for m in current.multiparts}
+    if set(now) - set(planned):
+        return f"new multipart upload {sorted(set(now) - set(planned))[0]}"
+    for uid, m in planned.items():
+        if uid not in now:
+            return f"multipart upload {uid} was completed or aborted"
+        if now[uid].key != m.key or _parts_fingerprint(now[uid]) != _parts_fingerprint(m):
+            return f"multipart upload {uid} has new or changed parts"
     return None
 
 
-def _delete_file(store: Store, f: PlannedFile, item: PlanItem) -> int:
-    """The choke point for file deletion: re-parse the key, then let the store verify and delete."""
-    reason = _file_refusal(f.path, item)
+def _delete_files(store: Store, files: list[PlannedFile], item: PlanItem) -> list[Removal]:
+    """The choke point for object/file deletion: re-parse every key, then let the store delete."""
+    for f in files:
+        reason = _file_refusal(f.path, item)
+        if reason:
+            raise GateViolation(f"{f.path} {reason}")
+    return store.remove_files([(f.path, f.info()) for f in files])
+
+
+def _abort_multipart(store: Store, mp: MultipartUpload, item: PlanItem) -> int:
+    """The choke point for aborting a multipart upload: re-parse its key, then abort if unchanged."""
+    reason = _multipart_refusal(mp, item)
     if reason:
-        raise GateViolation(f"{f.path} {reason}")
-    return store.remove_file(f.path, f.info())
+        raise GateViolation(f"multipart upload on {mp.key} {reason}")
+    return store.abort_multipart(mp)
 
 
 def _remove_dir(store: Store, key: str, item: PlanItem) -> bool:

@@ -38,7 +38,8 @@ StoreArg = Annotated[
     Optional[str],  # noqa: UP045 - typer needs the Optional spelling on 3.11
     typer.Argument(
         metavar="STORE",
-        help="The registry's rootdirectory (the directory that holds docker/), as a path or file://PATH.",
+        help="The registry's rootdirectory (the directory that holds docker/) as a path or file://PATH; "
+        "or s3://BUCKET[/ROOTDIR], rgw://BUCKET[/ROOTDIR] (with --endpoint-url).",
         show_default=False,
     ),
 ]
@@ -74,8 +75,32 @@ IncludeOpt = Annotated[
         "--include",
         metavar="CLASSES",
         help="Comma-separated classes to plan: upload_session (default; takes temp files inside a session "
-        "with it), temp_file (crash-left <file>.<uuid>.tmp anywhere: finding them walks every blob and "
+        "with it), multipart_upload (default on S3/RGW: incomplete multipart uploads whose session is gone, "
+        "and failed copies onto blob paths), folder_marker (S3 'dir/' objects of other tools), temp_file (crash-left <file>.<uuid>.tmp anywhere: finding them walks every blob and "
         "link directory, so it is opt-in and much slower on a large store).",
+    ),
+]
+EndpointOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3/RGW endpoint, e.g. http://127.0.0.1:7480 (default: AWS).",
+        envvar="AWS_ENDPOINT_URL",
+    ),
+]
+RegionOpt = Annotated[str | None, typer.Option("--region", help="S3 region (default: the AWS chain, else us-east-1).")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="AWS profile for credentials.")]  # noqa: UP045
+CaBundleOpt = Annotated[
+    str | None, typer.Option("--ca-bundle", metavar="FILE", help="CA bundle to verify the endpoint's TLS.")
+]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify-tls", help="Do not verify the endpoint's TLS certificate.")]
+BlobMultipartOpt = Annotated[
+    str,
+    typer.Option(
+        "--blob-multipart-older-than",
+        metavar="AGE",
+        help="S3: incomplete multipart uploads onto blobs/…/data (failed copies) idle this long are debris (floor 1d).",
     ),
 ]
 ForceOpt = Annotated[
@@ -109,21 +134,37 @@ def _errors():
         raise _fail(Exit.INTERRUPTED, "interrupted") from None
 
 
-def _open(store: str | None, registry_config: str | None):
+def _open(
+    store: str | None,
+    registry_config: str | None,
+    endpoint_url=None,
+    region=None,
+    profile=None,
+    ca_bundle=None,
+    no_verify_tls=False,
+):
     from debris.stores import open_store
 
-    return open_store(store, registry_config)
+    verify = False if no_verify_tls else ca_bundle
+    return open_store(store, registry_config, endpoint_url=endpoint_url, region=region, profile=profile, verify=verify)
 
 
-def _policy(older_than, probe_repo, probe_older_than, include, force):
-    from debris.policy import Policy, parse_duration, parse_include
+def _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than="7d"):
+    from debris.policy import DEFAULT_INCLUDE, DEFAULT_INCLUDE_MULTIPART, Policy, parse_duration, parse_include
+    from debris.stores.base import Capability
 
+    default = (
+        DEFAULT_INCLUDE_MULTIPART
+        if st is not None and Capability.MULTIPART_UPLOADS in st.capabilities
+        else DEFAULT_INCLUDE
+    )
     return Policy(
-        include=parse_include(include),
+        include=parse_include(include, default),
         older_than=parse_duration(older_than),
         probe_repos=tuple(dict.fromkeys(probe_repo or ())),
         probe_older_than=parse_duration(probe_older_than),
         force=force,
+        blob_multipart_older_than=parse_duration(blob_multipart_older_than),
     ).check()
 
 
@@ -139,7 +180,9 @@ def _make_plan(st, policy):
         probe_repos=policy.probe_repos,
         read_startedat=needs_startedat(policy, now),
     )
-    return make_plan(obs, policy, now, st.url, st.identity()), now
+    plan = make_plan(obs, policy, now, st.url, st.identity())
+    plan.requests = st.request_counts()
+    return plan, now
 
 
 def _progress():
@@ -190,6 +233,11 @@ def _write_plan_file(path: str, data: dict) -> None:
 def scan(
     store: StoreArg = None,
     registry_config: ConfigOpt = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
     by_repo: Annotated[bool, typer.Option("--by-repo", help="Also break totals down per repository.")] = False,
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
@@ -198,10 +246,13 @@ def scan(
     from debris import inventory, render
 
     with _errors():
-        st = _open(store, registry_config)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
         report = inventory.scan(st, by_repository=by_repo)
     if json_out:
-        render.dump_json(render.scan_json(report, st.url))
+        data = render.scan_json(report, st.url)
+        if st.request_counts() is not None:
+            data["requests"] = st.request_counts()
+        render.dump_json(data)
     else:
         typer.echo(render.scan_text(report, st.url, rows))
     if report.problems.errors:
@@ -212,10 +263,16 @@ def scan(
 def plan(
     store: StoreArg = None,
     registry_config: ConfigOpt = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
     older_than: OlderOpt = "24h",
     probe_repo: ProbeRepoOpt = None,
     probe_older_than: ProbeOlderOpt = "10m",
     include: IncludeOpt = None,
+    blob_multipart_older_than: BlobMultipartOpt = "7d",
     force: ForceOpt = False,
     out: Annotated[
         Optional[str],  # noqa: UP045
@@ -231,8 +288,9 @@ def plan(
     from debris import render
 
     with _errors():
-        policy = _policy(older_than, probe_repo, probe_older_than, include, force)
-        st = _open(store, registry_config)
+        _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+        policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
         if out and out != "-":
             _check_out_path(out, st)
         the_plan, now = _make_plan(st, policy)
@@ -252,11 +310,14 @@ def plan(
         raise typer.Exit(int(Exit.DEBRIS_FOUND))
 
 
-def _finish_apply(result, json_out: bool, rows: int) -> None:
+def _finish_apply(result, st, json_out: bool, rows: int) -> None:
     from debris import render
 
     if json_out:
-        render.dump_json(result.to_json())
+        data = result.to_json()
+        if st.request_counts() is not None:
+            data["requests"] = st.request_counts()
+        render.dump_json(data)
     else:
         typer.echo(render.apply_text(result, rows))
     if result.interrupted:
@@ -278,6 +339,11 @@ def apply(
         Optional[str],  # noqa: UP045
         typer.Option("--store", metavar="STORE", help="Expect the plan to be for this store (refused otherwise)."),
     ] = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
 ) -> None:
@@ -299,19 +365,32 @@ def apply(
         except ValueError as e:
             raise PlanFormatError(f"{planfile} is not JSON: {e}") from None
         the_plan = Plan.from_json(raw)
-        st = _open(store or the_plan.store_url, None)
+        endpoint = endpoint_url or _planned_endpoint(the_plan)
+        st = _open(store or the_plan.store_url, None, endpoint, region, profile, ca_bundle, no_verify_tls)
         result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
-    _finish_apply(result, json_out, rows)
+    _finish_apply(result, st, json_out, rows)
+
+
+def _planned_endpoint(the_plan) -> str | None:
+    """The S3 endpoint a plan was made against, so apply reaches the same store by default."""
+    endpoint = the_plan.store_identity.get("endpoint")
+    return endpoint if isinstance(endpoint, str) and "://" in endpoint else None
 
 
 @app.command()
 def clean(
     store: StoreArg = None,
     registry_config: ConfigOpt = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
     older_than: OlderOpt = "24h",
     probe_repo: ProbeRepoOpt = None,
     probe_older_than: ProbeOlderOpt = "10m",
     include: IncludeOpt = None,
+    blob_multipart_older_than: BlobMultipartOpt = "7d",
     force: ForceOpt = False,
     confirm: Annotated[bool, typer.Option("--confirm", help="Really delete. Without it, a dry run.")] = False,
     json_out: JsonOpt = False,
@@ -321,12 +400,13 @@ def clean(
     from debris.apply import apply_plan
 
     with _errors():
-        policy = _policy(older_than, probe_repo, probe_older_than, include, force)
-        st = _open(store, registry_config)
+        _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+        policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
         the_plan, _ = _make_plan(st, policy)
         result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
     result.errors[:0] = the_plan.errors
-    _finish_apply(result, json_out, rows)
+    _finish_apply(result, st, json_out, rows)
 
 
 def _version(value: bool) -> None:

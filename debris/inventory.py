@@ -9,11 +9,12 @@ disagree about what a session is.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from debris import layout
 from debris.layout import REGISTRY_DATA_LEVELS, Dir, Kind, Level
-from debris.stores.base import FileInfo, Found, Store, StoreError, WalkProblems
+from debris.stores.base import Capability, FileInfo, Found, MultipartUpload, Store, StoreError, WalkProblems
 
 UNKNOWN_SAMPLE_LIMIT = 1000
 STARTEDAT_READ_LIMIT = 256
@@ -49,6 +50,7 @@ class SessionObservation:
     files: dict[str, FileInfo] = field(default_factory=dict)  # key -> info: session members and their temp files
     dirs: dict[str, int] = field(default_factory=dict)  # directory key -> mtime_ns (stores with directories)
     strangers: list[str] = field(default_factory=list)  # unknown or non-regular entries inside the session
+    multiparts: list[MultipartUpload] = field(default_factory=list)  # incomplete uploads of its data (S3)
     startedat: bytes | None = None  # content, when it was read
 
     @property
@@ -61,10 +63,12 @@ class SessionObservation:
 
     @property
     def bytes(self) -> int:
-        return sum(i.size for i in self.files.values())
+        return sum(i.size for i in self.files.values()) + sum(m.bytes for m in self.multiparts)
 
     def newest_mtime_ns(self) -> int | None:
-        stamps = [i.mtime_ns for i in self.files.values()] or list(self.dirs.values())
+        """Newest write seen: files, multipart parts (or their Initiated); directories only when nothing else."""
+        stamps = [i.mtime_ns for i in self.files.values()] + [m.newest_ns() for m in self.multiparts]
+        stamps = stamps or list(self.dirs.values())
         return max(stamps) if stamps else None
 
 
@@ -72,6 +76,8 @@ class SessionObservation:
 class Observation:
     sessions: dict[tuple[str, str], SessionObservation] = field(default_factory=dict)
     temp_files: list[tuple[layout.Entry, FileInfo]] = field(default_factory=list)
+    folder_markers: list[tuple[str, FileInfo]] = field(default_factory=list)
+    blob_multiparts: list[MultipartUpload] = field(default_factory=list)  # failed copies onto blobs/
     unknown: UnknownReport = field(default_factory=UnknownReport)
     problems: WalkProblems = field(default_factory=WalkProblems)
     probe_repo_data: dict[str, list[str]] = field(default_factory=dict)  # probe repo -> its tags/revisions
@@ -117,6 +123,9 @@ class _Collector:
             if d.upload_id is not None:
                 self.session(d).dirs[found.key] = info.mtime_ns
             return
+        if found.name == "":  # "dir/" object written by another S3 tool: no part of any session
+            self.obs.folder_markers.append((found.key, info))
+            return
         kind = layout.classify(d, found.name) if info.regular else Kind.UNKNOWN
         if d.upload_id is not None:
             s = self.session(d)
@@ -128,6 +137,64 @@ class _Collector:
             self.obs.temp_files.append((layout.entry(d, found.name, found.key), info))
         if kind is Kind.UNKNOWN:
             self.obs.unknown.add(found.key, info.size)
+
+    def multipart(self, mp: MultipartUpload) -> None:
+        e = layout.parse(mp.key)
+        if e.kind is Kind.UPLOAD_SESSION and e.member == "data":
+            self.session(Dir(Level.SESSION, e.repository, e.upload_id)).multiparts.append(mp)
+        elif e.kind is Kind.BLOB:
+            self.obs.blob_multiparts.append(mp)
+        else:
+            self.obs.unknown.add(f"{mp.key} (incomplete multipart upload {mp.upload_id})", None)
+
+
+def _uploads_flat(d: Dir) -> bool:
+    # Everything under _uploads/ is session content: on S3 one flat listing beats one per directory.
+    return d.level is Level.UPLOADS or d.upload_id is not None
+
+
+def _detail(store: Store, jobs: list[Callable[[], None]]) -> None:
+    """Run small per-item reads (startedat, ListParts), in parallel where the store is remote."""
+    if store.parallel_reads > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=store.parallel_reads, thread_name_prefix="debris-read") as pool:
+            for f in [pool.submit(j) for j in jobs]:
+                f.result()
+    else:
+        for j in jobs:
+            j()
+
+
+def _with_parts(store: Store, mp: MultipartUpload, problems: WalkProblems) -> MultipartUpload:
+    from dataclasses import replace
+
+    try:
+        return replace(mp, parts=tuple(store.list_parts(mp)))
+    except StoreError as e:
+        problems.errors.append(str(e))
+        return mp
+
+
+def _fill_parts(
+    store: Store, sessions: Iterable[SessionObservation], blob_mps: list[MultipartUpload], problems
+) -> list[MultipartUpload]:
+    """List the parts of the sessions' multipart uploads (in place) and of ``blob_mps`` (returned)."""
+    jobs: list[Callable[[], None]] = []
+    for s in sessions:
+        for i, mp in enumerate(s.multiparts):
+
+            def job(s=s, i=i, mp=mp):
+                s.multiparts[i] = _with_parts(store, mp, problems)
+
+            jobs.append(job)
+    filled = list(blob_mps)
+    for i, mp in enumerate(blob_mps):
+
+        def job(i=i, mp=mp):
+            filled[i] = _with_parts(store, mp, problems)
+
+        jobs.append(job)
+    _detail(store, jobs)
+    return filled
 
 
 def observe(
@@ -145,11 +212,16 @@ def observe(
     obs = Observation()
     collector = _Collector(obs, want_temp_files)
     descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
-    for found in store.walk("", layout.STORE_ROOT, descend, obs.problems):
+    flat = (lambda d: True) if want_temp_files else _uploads_flat
+    for found in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat):
         collector.absorb(found)
-    for s in obs.sessions.values():
-        if s.startedat_key in s.files and read_startedat(s):
-            _read_startedat(store, s, obs.problems)
+    if Capability.MULTIPART_UPLOADS in store.capabilities:
+        for mp in store.list_multipart_uploads(layout.ROOT_PREFIX + "/", obs.problems):
+            collector.multipart(mp)
+    # Details cost a request each on S3: only for sessions that may be stale by what is known so far.
+    worth = [s for s in obs.sessions.values() if read_startedat(s)]
+    _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in worth if s.startedat_key in s.files])
+    obs.blob_multiparts = _fill_parts(store, worth, obs.blob_multiparts, obs.problems)
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
     return obs
@@ -169,17 +241,22 @@ def observe_session(store: Store, repository: str, upload_id: str, problems: Wal
     start = Dir(Level.SESSION, repository, upload_id)
     key = layout.session_dir_key(repository, upload_id)
     descend = _prune(into_registry_data=False, into_unknown=False, on_unknown_dir=collector.unknown_dir)
-    try:
-        top = store.stat(key)
-    except StoreError as e:
-        problems.errors.append(f"{key}: {e}")
-        top = None
     s = collector.session(start)
-    if top is not None and top.is_dir:
-        s.dirs[key] = top.mtime_ns
-    for found in store.walk(key, start, descend, problems):
+    if Capability.DIRECTORIES in store.capabilities:
+        try:
+            top = store.stat(key)
+        except StoreError as e:
+            problems.errors.append(f"{key}: {e}")
+            top = None
+        if top is not None and top.is_dir:
+            s.dirs[key] = top.mtime_ns
+    for found in store.walk(key, start, descend, problems, lambda d: True):
         collector.absorb(found)
-    if not (s.files or s.dirs or s.strangers):
+    if Capability.MULTIPART_UPLOADS in store.capabilities:
+        for mp in store.list_multipart_uploads(f"{key}/", problems):
+            collector.multipart(mp)
+        _fill_parts(store, [s], [], problems)
+    if not (s.files or s.dirs or s.strangers or s.multiparts):
         return None
     if s.startedat_key in s.files:
         _read_startedat(store, s, problems)
@@ -239,25 +316,41 @@ def scan(store: Store, by_repository: bool = False) -> ScanReport:
 
     classify = layout.classify
     sessions = report.sessions
-    for found in store.walk("", layout.STORE_ROOT, descend, report.problems):
+
+    def count(kind: Kind, repository: str | None, size: int) -> None:
+        t = totals.get(kind)
+        if t is None:
+            t = totals[kind] = ClassTotals()
+        t.count += 1
+        t.bytes += size
+        if by_repository and repository is not None:
+            per = repos.setdefault(repository, {})
+            rt = per.get(kind)
+            if rt is None:
+                rt = per[kind] = ClassTotals()
+            rt.count += 1
+            rt.bytes += size
+
+    for found in store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True):
         d, info = found.state, found.info
         if d.upload_id is not None:
             sessions.add((d.repository, d.upload_id))
         if info.is_dir:
             continue
-        kind = classify(d, found.name) if info.regular else Kind.UNKNOWN
-        t = totals.get(kind)
-        if t is None:
-            t = totals[kind] = ClassTotals()
-        t.count += 1
-        t.bytes += info.size
+        if found.name == "":
+            kind = Kind.FOLDER_MARKER
+        elif info.regular:
+            kind = classify(d, found.name)
+        else:
+            kind = Kind.UNKNOWN
+        count(kind, d.repository, info.size)
         if kind is Kind.UNKNOWN:
             unknown.add(found.key, info.size)
-        if by_repository and d.repository is not None:
-            per = repos.setdefault(d.repository, {})
-            rt = per.get(kind)
-            if rt is None:
-                rt = per[kind] = ClassTotals()
-            rt.count += 1
-            rt.bytes += info.size
+    if Capability.MULTIPART_UPLOADS in store.capabilities:
+        uploads = list(store.list_multipart_uploads(layout.ROOT_PREFIX + "/", report.problems))
+        for mp in _fill_parts(store, [], uploads, report.problems):
+            e = layout.parse(mp.key)
+            if e.upload_id is not None:
+                sessions.add((e.repository, e.upload_id))
+            count(Kind.MULTIPART_UPLOAD, e.repository, mp.bytes)
     return report

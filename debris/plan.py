@@ -16,7 +16,7 @@ from debris import layout
 from debris.inventory import Observation, SessionObservation, UnknownReport
 from debris.layout import Kind
 from debris.policy import Policy, PolicyError
-from debris.stores.base import FileInfo
+from debris.stores.base import FileInfo, MultipartUpload, Part
 
 PLAN_FORMAT = "debris-plan/1"
 
@@ -81,6 +81,16 @@ class PlannedFile:
         return d
 
 
+def multipart_to_json(mp: MultipartUpload) -> dict:
+    return {
+        "key": mp.key,
+        "upload_id": mp.upload_id,
+        "initiated_ns": mp.initiated_ns,
+        "bytes": mp.bytes,
+        "parts": [{"number": p.number, "size": p.size, "etag": p.etag, "mtime_ns": p.mtime_ns} for p in mp.parts or ()],
+    }
+
+
 @dataclass
 class PlanItem:
     kind: Kind
@@ -90,19 +100,21 @@ class PlanItem:
     last_activity: datetime
     why: str
     flags: list[str] = field(default_factory=list)
+    multiparts: list[MultipartUpload] = field(default_factory=list)  # incomplete uploads to abort (S3)
 
     @property
     def bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + sum(m.bytes for m in self.multiparts)
 
     @property
     def paths(self) -> list[str]:
-        return [f.path for f in self.files]
+        """Objects to delete, then the keys of multipart uploads to abort."""
+        return [f.path for f in self.files] + list(dict.fromkeys(m.key for m in self.multiparts))
 
     def label(self) -> str:
         if self.upload_id:
             return f"{self.repository}/_uploads/{self.upload_id}"
-        return self.files[0].path if self.files else "?"
+        return self.paths[0] if self.paths else "(nothing)"
 
     def to_json(self) -> dict:
         return {
@@ -115,6 +127,7 @@ class PlanItem:
             "why": self.why,
             "flags": list(self.flags),
             "files": [f.to_json() for f in self.files],
+            "multipart_uploads": [multipart_to_json(m) for m in self.multiparts],
         }
 
 
@@ -138,7 +151,9 @@ class Plan:
     held_back: list[HeldBack] = field(default_factory=list)
     active_sessions: int = 0
     active_bytes: int = 0
+    folder_markers: int = 0  # seen and left alone (deleted only with --include folder_marker)
     errors: list[str] = field(default_factory=list)
+    requests: dict[str, int] | None = None  # API calls by operation, for stores billed per request
 
     @property
     def bytes(self) -> int:
@@ -181,7 +196,9 @@ class Plan:
                 "paths": list(self.unknown.sample),
                 "truncated": self.unknown.truncated,
             },
+            "folder_markers_left": self.folder_markers,
             "errors": list(self.errors),
+            **({"requests": self.requests} if self.requests is not None else {}),
         }
 
     @classmethod
@@ -199,6 +216,21 @@ def _want(value: object, typ: type | tuple[type, ...], what: str):
     if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
         raise PlanFormatError(f"{what} has the wrong type")
     return value
+
+
+def _multipart_from_json(m: object, where: str) -> MultipartUpload:
+    m = _want(m, dict, f"{where}.multipart_uploads[]")
+    parts = tuple(
+        Part(
+            _want(p["number"], int, "number"),
+            _want(p["size"], int, "size"),
+            _want(p["etag"], str, "etag"),
+            _want(p["mtime_ns"], int, "mtime_ns"),
+        )
+        for p in (_want(x, dict, "part") for x in _want(m["parts"], list, "parts"))
+    )
+    key, upload_id = _want(m["key"], str, "key"), _want(m["upload_id"], str, "upload_id")
+    return MultipartUpload(key, upload_id, _want(m["initiated_ns"], int, "initiated_ns"), parts)
 
 
 def _plan_from_json(data: object) -> Plan:
@@ -221,8 +253,11 @@ def _plan_from_json(data: object) -> Plan:
                     _want(etag, str, "etag") if etag is not None else None,
                 )
             )
-        if raw.get("paths") != [f.path for f in files]:
-            raise PlanFormatError(f"items[{n}]: paths and files disagree")
+        raw_mps = _want(raw.get("multipart_uploads", []), list, "multipart_uploads")
+        multiparts = [_multipart_from_json(m, f"items[{n}]") for m in raw_mps]
+        expected_paths = [f.path for f in files] + list(dict.fromkeys(m.key for m in multiparts))
+        if raw.get("paths") != expected_paths:
+            raise PlanFormatError(f"items[{n}]: paths disagree with files and multipart_uploads")
         last = parse_rfc3339(_want(raw["last_activity"], str, "last_activity"))
         if last is None:
             raise PlanFormatError(f"items[{n}]: last_activity is not RFC 3339")
@@ -235,6 +270,7 @@ def _plan_from_json(data: object) -> Plan:
                 last,
                 str(raw.get("why", "")),
                 [str(x) for x in _want(raw.get("flags", []), list, "flags")],
+                multiparts,
             )
         )
     created = parse_rfc3339(_want(data["created_at"], str, "created_at"))
@@ -269,7 +305,7 @@ def session_activity(s: SessionObservation) -> Activity:
     newest = s.newest_mtime_ns()
     if newest is not None:
         stamps.append(from_ns(newest))
-    if not s.files:
+    if not s.files and not s.multiparts:
         flags.append(FLAG_EMPTY)
     if s.startedat_key not in s.files:
         flags.append(FLAG_STARTEDAT_MISSING)
@@ -299,6 +335,10 @@ class Verdict:
 def judge_session(s: SessionObservation, policy: Policy, now: datetime) -> Verdict:
     """Is this session deletable debris under ``policy`` at ``now``? The one rule plan and gate share."""
     kind, threshold = policy.threshold_for(s.repository)
+    if not s.files and s.multiparts:
+        # Only parts are left: the registry's own purge deleted the session's objects but never
+        # aborts the multipart upload, so its parts stay stored, billed and counted against quota.
+        kind = Kind.MULTIPART_UPLOAD
     if not policy.allows(kind):
         return Verdict(None)
     activity = session_activity(s)
@@ -310,15 +350,27 @@ def judge_session(s: SessionObservation, policy: Policy, now: datetime) -> Verdi
     if s.strangers:
         shown = ", ".join(s.strangers[:3]) + (" ..." if len(s.strangers) > 3 else "")
         return Verdict(None, f"holds paths outside the registry grammar: {shown}")
+    if any(m.parts is None for m in s.multiparts):
+        return Verdict(None, "the parts of its multipart upload could not be listed")
     files = [
         PlannedFile(k, i.size, i.mtime_ns, i.etag)
         for k, i in sorted(s.files.items(), key=lambda kv: _delete_order(kv[0]))
     ]
-    noun = "probe upload" if kind is Kind.PROBE_REPO else "upload session"
+    noun = {
+        Kind.PROBE_REPO: "probe upload",
+        Kind.UPLOAD_SESSION: "upload session",
+        Kind.MULTIPART_UPLOAD: "orphan multipart upload of a purged session",
+    }[kind]
     why = f"{noun} idle {format_age(idle)} (threshold {format_age(threshold)})"
-    if FLAG_STARTEDAT_MISSING in activity.flags or FLAG_STARTEDAT_UNPARSEABLE in activity.flags:
+    flags = list(activity.flags)
+    if kind is Kind.MULTIPART_UPLOAD:
+        flags.remove(FLAG_STARTEDAT_MISSING)
+    elif FLAG_STARTEDAT_MISSING in flags or FLAG_STARTEDAT_UNPARSEABLE in flags:
         why += "; judged by mtimes, startedat missing or unreadable (the registry's purge never removes these)"
-    return Verdict(PlanItem(kind, s.repository, s.upload_id, files, activity.last, why, list(activity.flags)))
+    multiparts = sorted(s.multiparts, key=lambda m: m.upload_id)
+    if multiparts:
+        why += f"; aborts {len(multiparts)} incomplete multipart upload(s)"
+    return Verdict(PlanItem(kind, s.repository, s.upload_id, files, activity.last, why, flags, multiparts))
 
 
 def judge_temp_file(entry: layout.Entry, info: FileInfo, policy: Policy, now: datetime) -> PlanItem | None:
@@ -332,6 +384,29 @@ def judge_temp_file(entry: layout.Entry, info: FileInfo, policy: Policy, now: da
     return PlanItem(
         Kind.TEMP_FILE, entry.repository, None, [PlannedFile(entry.key, info.size, info.mtime_ns, info.etag)], last, why
     )
+
+
+def judge_blob_multipart(mp: MultipartUpload, policy: Policy, now: datetime) -> PlanItem | None:
+    """A multipart upload onto blobs/…/data is a failed copy (the final Move); only when old."""
+    if not policy.allows(Kind.MULTIPART_UPLOAD) or mp.parts is None:
+        return None
+    last = from_ns(mp.newest_ns())
+    idle = now - last
+    if idle < policy.blob_multipart_older_than:
+        return None
+    why = (
+        f"failed copy onto a blob path, idle {format_age(idle)} "
+        f"(threshold {format_age(policy.blob_multipart_older_than)}); the blob itself is untouched"
+    )
+    return PlanItem(Kind.MULTIPART_UPLOAD, None, None, [], last, why, [], [mp])
+
+
+def judge_folder_marker(key: str, info: FileInfo, policy: Policy) -> PlanItem | None:
+    if not policy.allows(Kind.FOLDER_MARKER) or info.size != 0:
+        return None
+    why = "empty folder marker written by another S3 tool (the registry never writes these)"
+    marker = PlannedFile(key, info.size, info.mtime_ns, info.etag)
+    return PlanItem(Kind.FOLDER_MARKER, None, None, [marker], from_ns(info.mtime_ns), why)
 
 
 def make_plan(obs: Observation, policy: Policy, now: datetime, store_url: str, store_identity: dict) -> Plan:
@@ -357,6 +432,16 @@ def make_plan(obs: Observation, policy: Policy, now: datetime, store_url: str, s
         item = judge_temp_file(entry, info, policy, now)
         if item is not None:
             plan.items.append(item)
+    for mp in obs.blob_multiparts:
+        item = judge_blob_multipart(mp, policy, now)
+        if item is not None:
+            plan.items.append(item)
+    for key, info in obs.folder_markers:
+        item = judge_folder_marker(key, info, policy)
+        if item is not None:
+            plan.items.append(item)
+        else:
+            plan.folder_markers += 1
     return plan
 
 

@@ -14,10 +14,16 @@ MIN_OLDER_THAN = timedelta(minutes=15)
 MIN_PROBE_OLDER_THAN = timedelta(minutes=1)
 DEFAULT_OLDER_THAN = timedelta(hours=24)
 DEFAULT_PROBE_OLDER_THAN = timedelta(minutes=10)
+#: A multipart upload onto blobs/ is a Move that failed mid-copy; a slow copy of a huge blob can take
+#: long, so these wait far longer than upload sessions.
+DEFAULT_BLOB_MULTIPART_OLDER_THAN = timedelta(days=7)
+MIN_BLOB_MULTIPART_OLDER_THAN = timedelta(days=1)
 
 #: Classes a user may --include. probe_repo is implied by --probe-repo, not included by name.
 INCLUDABLE = (Kind.UPLOAD_SESSION, Kind.TEMP_FILE, Kind.MULTIPART_UPLOAD, Kind.FOLDER_MARKER)
 DEFAULT_INCLUDE = frozenset({Kind.UPLOAD_SESSION})
+#: On S3-family stores the parts of incomplete multipart uploads are most of the debris.
+DEFAULT_INCLUDE_MULTIPART = frozenset({Kind.UPLOAD_SESSION, Kind.MULTIPART_UPLOAD})
 
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,9 +55,9 @@ def format_duration(td: timedelta) -> str:
     return f"{secs}s"
 
 
-def parse_include(text: str | None) -> frozenset[Kind]:
+def parse_include(text: str | None, default: frozenset[Kind] = DEFAULT_INCLUDE) -> frozenset[Kind]:
     if text is None:
-        return DEFAULT_INCLUDE
+        return default
     kinds = set()
     for word in filter(None, (w.strip() for w in text.split(","))):
         try:
@@ -74,6 +80,7 @@ class Policy:
     probe_repos: tuple[str, ...] = ()
     probe_older_than: timedelta = DEFAULT_PROBE_OLDER_THAN
     force: bool = False
+    blob_multipart_older_than: timedelta = DEFAULT_BLOB_MULTIPART_OLDER_THAN
 
     def check(self) -> Policy:
         """Refuse what is unsafe without --force; return self."""
@@ -90,11 +97,18 @@ class Policy:
                 f"--probe-older-than {format_duration(self.probe_older_than)} is under "
                 f"{format_duration(MIN_PROBE_OLDER_THAN)}; add --force if you mean it"
             )
+        if self.blob_multipart_older_than < MIN_BLOB_MULTIPART_OLDER_THAN and not self.force:
+            raise PolicyError(
+                f"--blob-multipart-older-than {format_duration(self.blob_multipart_older_than)} is under "
+                f"{format_duration(MIN_BLOB_MULTIPART_OLDER_THAN)}: a slow copy of a large blob could be aborted; add --force if you mean it"
+            )
         return self
 
     def needs_force(self) -> bool:
-        return self.older_than < MIN_OLDER_THAN or (
-            bool(self.probe_repos) and self.probe_older_than < MIN_PROBE_OLDER_THAN
+        return (
+            self.older_than < MIN_OLDER_THAN
+            or (bool(self.probe_repos) and self.probe_older_than < MIN_PROBE_OLDER_THAN)
+            or self.blob_multipart_older_than < MIN_BLOB_MULTIPART_OLDER_THAN
         )
 
     def threshold_for(self, repository: str | None) -> tuple[Kind, timedelta]:
@@ -114,6 +128,7 @@ class Policy:
             "older_than": format_duration(self.older_than),
             "probe_repos": list(self.probe_repos),
             "probe_older_than": format_duration(self.probe_older_than),
+            "blob_multipart_older_than": format_duration(self.blob_multipart_older_than),
             "force": self.force,
         }
 
@@ -133,6 +148,7 @@ class Policy:
                 probe_repos=tuple(str(r) for r in probe_repos),
                 probe_older_than=parse_duration(str(data.get("probe_older_than", "10m"))),
                 force=bool(data.get("force", False)),
+                blob_multipart_older_than=parse_duration(str(data.get("blob_multipart_older_than", "7d"))),
             )
         except KeyError as e:
             raise PolicyError(f"plan policy lacks {e.args[0]!r}") from None

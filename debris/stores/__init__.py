@@ -31,7 +31,24 @@ def open_store(spec: str | None, registry_config: str | None = None, **options) 
     if parsed.scheme in ("", "file"):
         path = unquote(parsed.path) if parsed.scheme == "file" else spec
         return open_local(path)
-    raise StoreSpecError(f"unsupported store {spec!r}: use a directory or file://PATH")
+    if parsed.scheme in ("s3", "rgw"):
+        if not parsed.netloc:
+            raise StoreSpecError(f"{spec!r} names no bucket: use {parsed.scheme}://BUCKET[/ROOTDIR]")
+        return open_s3(parsed.scheme, parsed.netloc, unquote(parsed.path), options)
+    raise StoreSpecError(
+        f"unsupported store {spec!r}: use a directory, file://PATH, s3://BUCKET[/ROOT] or rgw://BUCKET[/ROOT]"
+    )
+
+
+def open_s3(scheme: str, bucket: str, root: str, options: dict) -> Store:
+    from debris.stores.s3 import RGWStore, S3Store
+
+    known = {"endpoint_url", "region", "verify", "profile", "access_key", "secret_key", "path_style"}
+    kwargs = {k: v for k, v in options.items() if k in known and v is not None}
+    if scheme == "rgw" and not kwargs.get("endpoint_url"):
+        raise StoreSpecError("rgw:// needs --endpoint-url (the radosgw address, e.g. http://127.0.0.1:7480)")
+    cls = RGWStore if scheme == "rgw" else S3Store
+    return cls(bucket, root, **kwargs)
 
 
 def open_local(path: str) -> Store:

@@ -23,6 +23,22 @@ class Capability(StrEnum):
     FREE_SPACE = "free_space"  # free bytes / inodes can be measured (local filesystem)
 
 
+class StoreError(Exception):
+    """An I/O failure against the store, with a one-line message for people."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Changed(StoreError):
+    """The object is no longer what the caller verified (type, size, mtime, ETag)."""
+
+
+class StoreFull(StoreError):
+    """The store refuses writes because it is out of space or quota."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     """What a store reports about one file. ``mtime_ns`` is the modification time (S3: LastModified)."""
@@ -58,28 +74,44 @@ class Found(Generic[S]):
         return f"{self.dir_key}/{self.name}" if self.dir_key else self.name
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    """An incomplete multipart upload. ``parts`` is None until listed."""
+
+    key: str  # relative to the store root, like every key
+    upload_id: str
+    initiated_ns: int
+    parts: tuple[Part, ...] | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.size for p in self.parts or ())
+
+    def newest_ns(self) -> int:
+        return max([p.mtime_ns for p in self.parts or ()] + [self.initiated_ns])
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    key: str
+    bytes_freed: int
+    error: StoreError | None = None
+
+
 @dataclass(slots=True)
 class WalkProblems:
     """What a walk could not read. Reported loudly; vanished entries are normal concurrency."""
 
     errors: list[str] = field(default_factory=list)
     vanished: int = 0
-
-
-class StoreError(Exception):
-    """An I/O failure against the store, with a one-line message for people."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class Changed(StoreError):
-    """The object is no longer what the caller verified (type, size, mtime, ETag)."""
-
-
-class StoreFull(StoreError):
-    """The store refuses writes because it is out of space or quota."""
 
 
 class Store(ABC):
@@ -90,6 +122,8 @@ class Store(ABC):
     """
 
     capabilities: frozenset[Capability] = frozenset()
+    #: How many small reads (startedat, ListParts) are worth running at once: >1 for remote stores.
+    parallel_reads: int = 1
 
     @property
     @abstractmethod
@@ -110,6 +144,7 @@ class Store(ABC):
         start_state: S,
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
+        flat: Callable[[S], bool] | None = None,
     ) -> Iterator[Found[S]]:
         """Yield every entry below ``start_key`` (which has state ``start_state``).
 
@@ -120,6 +155,11 @@ class Store(ABC):
         directories are yielded with ``regular=False``; symlinks are never followed. A missing
         ``start_key`` yields nothing and is not an error. Read errors go to ``problems`` and the
         walk goes on.
+
+        ``flat(state)`` True says the caller wants (nearly) everything below a directory in that
+        state: a store whose listing is cheaper without a delimiter (S3) may then list the whole
+        subtree in one go. ``descend`` is still called for every subdirectory, parents first, and
+        nothing below a pruned directory is yielded.
         """
 
     @abstractmethod
@@ -136,6 +176,41 @@ class Store(ABC):
 
         Raises NotFound, Changed or StoreError. Only ``debris.apply`` may call this.
         """
+
+    def remove_files(self, batch: list[tuple[str, FileInfo]]) -> list[Removal]:
+        """Delete several files; one Removal per key, in order. Only ``debris.apply`` may call this.
+
+        The default deletes one by one with ``remove_file``; a store with a batch API overrides it.
+        """
+        out = []
+        for key, expected in batch:
+            try:
+                out.append(Removal(key, self.remove_file(key, expected)))
+            except StoreError as e:
+                out.append(Removal(key, 0, e))
+        return out
+
+    # Multipart uploads (Capability.MULTIPART_UPLOADS). Incomplete uploads are not objects: they
+    # never show in a walk, yet their parts are stored, billed and counted against quota.
+
+    def list_multipart_uploads(self, prefix_key: str, problems: WalkProblems) -> Iterator[MultipartUpload]:
+        """Incomplete multipart uploads whose key starts with ``prefix_key`` (parts not filled in)."""
+        return iter(())
+
+    def list_parts(self, upload: MultipartUpload) -> list[Part]:
+        """The parts stored so far for ``upload``. Raises NotFound once it is completed or aborted."""
+        raise StoreError(f"{self.url} has no multipart uploads")
+
+    def abort_multipart(self, upload: MultipartUpload) -> int:
+        """Abort ``upload`` if its parts are still exactly ``upload.parts``; return the bytes freed.
+
+        Raises NotFound, Changed or StoreError. Only ``debris.apply`` may call this.
+        """
+        raise StoreError(f"{self.url} has no multipart uploads")
+
+    def request_counts(self) -> dict[str, int] | None:
+        """API calls made so far, by operation, for stores that are billed per request."""
+        return None
 
     def remove_empty_dir(self, key: str) -> bool:
         """Remove directory ``key`` if it is empty; return False if it is not empty or gone.

@@ -99,6 +99,7 @@ class LocalStore(Store):
         start_state: S,
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
+        flat: Callable[[S], bool] | None = None,  # listing per directory is already optimal here
     ) -> Iterator[Found[S]]:
         try:
             fd = self._open_dir(start_key.split("/") if start_key else [])
