@@ -364,7 +364,7 @@ def judge_session(s: SessionObservation, policy: Policy, now: datetime) -> Verdi
     why = f"{noun} idle {format_age(idle)} (threshold {format_age(threshold)})"
     flags = list(activity.flags)
     if kind is Kind.MULTIPART_UPLOAD:
-        flags.remove(FLAG_STARTEDAT_MISSING)
+        flags = [f for f in flags if f != FLAG_STARTEDAT_MISSING]  # nothing of the session is left to flag
     elif FLAG_STARTEDAT_MISSING in flags or FLAG_STARTEDAT_UNPARSEABLE in flags:
         why += "; judged by mtimes, startedat missing or unreadable (the registry's purge never removes these)"
     multiparts = sorted(s.multiparts, key=lambda m: m.upload_id)
