@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from debris import layout
-from debris.layout import REGISTRY_DATA_LEVELS, Dir, Kind, Level
-from debris.stores.base import Capability, FileInfo, Found, MultipartUpload, Store, StoreError, WalkProblems
+from debris.layout import REGISTRY_DATA_LEVELS, SESSION_DIR_LEVELS, Dir, Kind, Level
+from debris.stores.base import Capability, FileInfo, Listing, MultipartUpload, Store, StoreError, WalkProblems
 
 UNKNOWN_SAMPLE_LIMIT = 1000
 STARTEDAT_READ_LIMIT = 256
@@ -48,7 +48,8 @@ class SessionObservation:
     repository: str
     upload_id: str
     files: dict[str, FileInfo] = field(default_factory=dict)  # key -> info: session members and their temp files
-    dirs: dict[str, int] = field(default_factory=dict)  # directory key -> mtime_ns (stores with directories)
+    dirs: list[str] = field(default_factory=list)  # its directory keys (stores with directories)
+    dir_mtimes_ns: list[int] = field(default_factory=list)  # read only when no file is left
     strangers: list[str] = field(default_factory=list)  # unknown or non-regular entries inside the session
     multiparts: list[MultipartUpload] = field(default_factory=list)  # incomplete uploads of its data (S3)
     startedat: bytes | None = None  # content, when it was read
@@ -68,7 +69,7 @@ class SessionObservation:
     def newest_mtime_ns(self) -> int | None:
         """Newest write seen: files, multipart parts (or their Initiated); directories only when nothing else."""
         stamps = [i.mtime_ns for i in self.files.values()] + [m.newest_ns() for m in self.multiparts]
-        stamps = stamps or list(self.dirs.values())
+        stamps = stamps or self.dir_mtimes_ns
         return max(stamps) if stamps else None
 
 
@@ -117,26 +118,27 @@ class _Collector:
             self.session(parent).strangers.append(key)
         self.obs.unknown.add(key, None)
 
-    def absorb(self, found: Found[Dir]) -> None:
-        d, info = found.state, found.info
-        if info.is_dir:
-            if d.upload_id is not None:
-                self.session(d).dirs[found.key] = info.mtime_ns
-            return
-        if found.name == "":  # "dir/" object written by another S3 tool: no part of any session
-            self.obs.folder_markers.append((found.key, info))
-            return
-        kind = layout.classify(d, found.name) if info.regular else Kind.UNKNOWN
-        if d.upload_id is not None:
-            s = self.session(d)
+    def absorb(self, listing: Listing[Dir]) -> None:
+        d = listing.state
+        session = self.session(d) if d.upload_id is not None else None
+        if session is not None and d.level in SESSION_DIR_LEVELS:
+            session.dirs.append(listing.key)
+        classify = layout.classify
+        for name, size, mtime_ns, etag, regular in listing.files:
+            if name == "":  # "dir/" object written by another S3 tool: no part of any session
+                self.obs.folder_markers.append((listing.key + "/", FileInfo(size, mtime_ns, etag)))
+                continue
+            kind = classify(d, name) if regular else Kind.UNKNOWN
             if kind is Kind.UNKNOWN:
-                s.strangers.append(found.key)
-            else:
-                s.files[found.key] = info
-        elif kind is Kind.TEMP_FILE and self.want_temp_files:
-            self.obs.temp_files.append((layout.entry(d, found.name, found.key), info))
-        if kind is Kind.UNKNOWN:
-            self.obs.unknown.add(found.key, info.size)
+                key = listing.file_key(name)
+                self.obs.unknown.add(key, size)
+                if session is not None:
+                    session.strangers.append(key)
+            elif session is not None:
+                session.files[listing.file_key(name)] = FileInfo(size, mtime_ns, etag)
+            elif kind is Kind.TEMP_FILE and self.want_temp_files:
+                key = listing.file_key(name)
+                self.obs.temp_files.append((layout.entry(d, name, key), FileInfo(size, mtime_ns, etag)))
 
     def multipart(self, mp: MultipartUpload) -> None:
         e = layout.parse(mp.key)
@@ -213,11 +215,12 @@ def observe(
     collector = _Collector(obs, want_temp_files)
     descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     flat = (lambda d: True) if want_temp_files else _uploads_flat
-    for found in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat):
-        collector.absorb(found)
+    for listing in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat):
+        collector.absorb(listing)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
         for mp in store.list_multipart_uploads(layout.ROOT_PREFIX + "/", obs.problems):
             collector.multipart(mp)
+    _stat_empty_session_dirs(store, obs.sessions.values(), obs.problems)
     # Details cost a request each on S3: only for sessions that may be stale by what is known so far.
     worth = [s for s in obs.sessions.values() if read_startedat(s)]
     _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in worth if s.startedat_key in s.files])
@@ -225,6 +228,21 @@ def observe(
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
     return obs
+
+
+def _stat_empty_session_dirs(store: Store, sessions: Iterable[SessionObservation], problems: WalkProblems) -> None:
+    """A session with no file left (an interrupted delete) is judged by its directories' mtimes."""
+    for s in sessions:
+        if s.files or s.multiparts or not s.dirs:
+            continue
+        for key in s.dirs:
+            try:
+                info = store.stat(key)
+            except StoreError as e:
+                problems.errors.append(f"{key}: {e}")
+                continue
+            if info is not None:
+                s.dir_mtimes_ns.append(info.mtime_ns)
 
 
 def _read_startedat(store: Store, s: SessionObservation, problems: WalkProblems) -> None:
@@ -242,16 +260,9 @@ def observe_session(store: Store, repository: str, upload_id: str, problems: Wal
     key = layout.session_dir_key(repository, upload_id)
     descend = _prune(into_registry_data=False, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     s = collector.session(start)
-    if Capability.DIRECTORIES in store.capabilities:
-        try:
-            top = store.stat(key)
-        except StoreError as e:
-            problems.errors.append(f"{key}: {e}")
-            top = None
-        if top is not None and top.is_dir:
-            s.dirs[key] = top.mtime_ns
-    for found in store.walk(key, start, descend, problems, lambda d: True):
-        collector.absorb(found)
+    for listing in store.walk(key, start, descend, problems, lambda d: True):
+        collector.absorb(listing)
+    _stat_empty_session_dirs(store, [s], problems)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
         for mp in store.list_multipart_uploads(f"{key}/", problems):
             collector.multipart(mp)
@@ -272,17 +283,17 @@ def repository_data(store: Store, repository: str, problems: WalkProblems, limit
         child = layout.descend(parent, name)
         return None if child.level in (Level.UNKNOWN, Level.TAG_INDEX) else child
 
-    for found in store.walk(f"{layout.ROOT_PREFIX}/repositories/{repository}/_manifests", start, descend, problems):
-        if found.info.is_dir or not found.info.regular:
-            continue
-        kind = layout.classify(found.state, found.name)
-        if kind is Kind.TAG:
-            found_names.append(f"tag:{found.state.tag}")
-        elif kind is Kind.MANIFEST:
-            found_names.append(f"revision:{found.state.alg}:{found.state.hex}")
+    for listing in store.walk(f"{layout.ROOT_PREFIX}/repositories/{repository}/_manifests", start, descend, problems):
+        d = listing.state
+        for name, *_rest, regular in listing.files:
+            kind = layout.classify(d, name) if regular else Kind.UNKNOWN
+            if kind is Kind.TAG:
+                found_names.append(f"tag:{d.tag}")
+            elif kind is Kind.MANIFEST:
+                found_names.append(f"revision:{d.alg}:{d.hex}")
         if len(found_names) >= limit:
             break
-    return found_names
+    return found_names[:limit]
 
 
 @dataclass
@@ -331,21 +342,21 @@ def scan(store: Store, by_repository: bool = False) -> ScanReport:
             rt.count += 1
             rt.bytes += size
 
-    for found in store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True):
-        d, info = found.state, found.info
+    for listing in store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True):
+        d = listing.state
         if d.upload_id is not None:
             sessions.add((d.repository, d.upload_id))
-        if info.is_dir:
-            continue
-        if found.name == "":
-            kind = Kind.FOLDER_MARKER
-        elif info.regular:
-            kind = classify(d, found.name)
-        else:
-            kind = Kind.UNKNOWN
-        count(kind, d.repository, info.size)
-        if kind is Kind.UNKNOWN:
-            unknown.add(found.key, info.size)
+        repo = d.repository
+        for name, size, _mtime, _etag, regular in listing.files:
+            if name == "":
+                kind = Kind.FOLDER_MARKER
+            elif regular:
+                kind = classify(d, name)
+            else:
+                kind = Kind.UNKNOWN
+            count(kind, repo, size)
+            if kind is Kind.UNKNOWN:
+                unknown.add(listing.file_key(name), size)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
         uploads = list(store.list_multipart_uploads(layout.ROOT_PREFIX + "/", report.problems))
         for mp in _fill_parts(store, [], uploads, report.problems):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 
 class Kind(StrEnum):
@@ -99,9 +100,11 @@ SESSION_DIR_LEVELS = frozenset({Level.SESSION, Level.HASHSTATES, Level.HASHSTATE
 REGISTRY_DATA_LEVELS = frozenset({Level.BLOBS, Level.LAYERS, Level.MANIFESTS})
 
 
-@dataclass(frozen=True, slots=True)
-class Dir:
-    """A directory's place in the grammar. ``repository`` is set at and below a repository."""
+class Dir(NamedTuple):
+    """A directory's place in the grammar. ``repository`` is set at and below a repository.
+
+    A NamedTuple, not a dataclass: one is made per directory walked, and tuples are cheapest.
+    """
 
     level: Level
     repository: str | None = None

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 S = TypeVar("S")
 
@@ -56,22 +56,24 @@ class FileInfo:
         return fp
 
 
-@dataclass(frozen=True, slots=True)
-class Found(Generic[S]):
-    """An entry seen by a walk, in the directory ``dir_key``.
+#: One entry of a listing: (name, size, mtime_ns, etag or None, regular file?). Plain tuples: a scan
+#: makes hundreds of thousands of them.
+Entry = tuple[str, int, int, "str | None", bool]
 
-    For a file ``state`` is its directory's state; for a directory (``info.is_dir``) it is the
-    state ``descend`` gave that directory itself.
+
+class Listing(NamedTuple, Generic[S]):
+    """The files of one directory seen by a walk.
+
+    ``files`` are (name, size, mtime_ns, etag, regular). On S3 a name is "" for a folder marker
+    (an object whose key is the directory's own key plus "/").
     """
 
     state: S
-    dir_key: str
-    name: str
-    info: FileInfo
+    key: str
+    files: list[Entry]
 
-    @property
-    def key(self) -> str:
-        return f"{self.dir_key}/{self.name}" if self.dir_key else self.name
+    def file_key(self, name: str) -> str:
+        return f"{self.key}/{name}" if self.key else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,21 +147,20 @@ class Store(ABC):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,
-    ) -> Iterator[Found[S]]:
-        """Yield every entry below ``start_key`` (which has state ``start_state``).
+    ) -> Iterator[Listing[S]]:
+        """Yield one Listing for ``start_key`` (state ``start_state``) and for every directory below it.
 
         ``descend(parent_state, parent_key, name)`` is called exactly once for each subdirectory
-        seen; it returns the child's state, or None to prune it (it is then never listed).
-        Directories that are descended are yielded too, with their own state, before their content
-        (stores without directories yield none). Entries that are neither regular files nor
-        directories are yielded with ``regular=False``; symlinks are never followed. A missing
-        ``start_key`` yields nothing and is not an error. Read errors go to ``problems`` and the
-        walk goes on.
+        seen, parents first; it returns the child's state, or None to prune it (nothing below it is
+        yielded, and a store with real directories never lists it). Directories are yielded even
+        when empty, where the store has directories. Entries that are neither regular files nor
+        directories (symlinks, FIFOs) are listed with ``regular`` False; symlinks are never
+        followed. A missing ``start_key`` yields nothing and is not an error. Read errors go to
+        ``problems`` and the walk goes on.
 
         ``flat(state)`` True says the caller wants (nearly) everything below a directory in that
         state: a store whose listing is cheaper without a delimiter (S3) may then list the whole
-        subtree in one go. ``descend`` is still called for every subdirectory, parents first, and
-        nothing below a pruned directory is yielded.
+        subtree in one go.
         """
 
     @abstractmethod

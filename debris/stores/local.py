@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from debris.stores.base import (
     Capability,
     Changed,
+    Entry,
     FileInfo,
-    Found,
+    Listing,
     NotFound,
     S,
     Store,
@@ -28,6 +29,9 @@ from debris.stores.base import (
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Deeper than any valid layout path (a 255-character repository name has at most 128 components).
 MAX_DEPTH = 160
+
+
+_S_ISREG = st_mod.S_ISREG
 
 
 def _info(st: os.stat_result) -> FileInfo:
@@ -100,7 +104,7 @@ class LocalStore(Store):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,  # listing per directory is already optimal here
-    ) -> Iterator[Found[S]]:
+    ) -> Iterator[Listing[S]]:
         try:
             fd = self._open_dir(start_key.split("/") if start_key else [])
         except FileNotFoundError:
@@ -112,8 +116,9 @@ class LocalStore(Store):
         # sibling, so a directory with 100k children cannot exhaust descriptors.
         frames: list[tuple[int, str, S, Iterator[str]]] = []
         try:
-            subdirs = yield from self._list(fd, start_key, start_state, problems)
+            files, subdirs = self._list(fd, start_key, problems)
             frames.append((fd, start_key, start_state, iter(subdirs)))
+            yield Listing(start_state, start_key, files)
             while frames:
                 pfd, pkey, pstate, pending = frames[-1]
                 name = next(pending, None)
@@ -130,7 +135,6 @@ class LocalStore(Store):
                     continue
                 try:
                     cfd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-                    cinfo = _info(os.fstat(cfd))
                 except FileNotFoundError:
                     problems.vanished += 1
                     continue
@@ -138,37 +142,36 @@ class LocalStore(Store):
                     problems.errors.append(f"{ckey}: {e.strerror}")
                     continue
                 frames.append((cfd, ckey, child, iter(())))
-                yield Found(child, pkey, name, cinfo)
-                csub = yield from self._list(cfd, ckey, child, problems)
-                frames[-1] = (cfd, ckey, child, iter(csub))
+                files, subdirs = self._list(cfd, ckey, problems)
+                frames[-1] = (cfd, ckey, child, iter(subdirs))
+                yield Listing(child, ckey, files)
         finally:
             for f in frames:
                 os.close(f[0])
 
     @staticmethod
-    def _list(fd: int, key: str, state: S, problems: WalkProblems):
-        """Yield the files of directory ``fd``; return the names of its subdirectories."""
+    def _list(fd: int, key: str, problems: WalkProblems) -> tuple[list[Entry], list[str]]:
+        """The files of directory ``fd`` (lstat'ed) and the names of its subdirectories."""
+        files: list[Entry] = []
         subdirs: list[str] = []
         try:
             with os.scandir(fd) as it:
-                entries = list(it)
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            subdirs.append(e.name)
+                            continue
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        problems.vanished += 1
+                        continue
+                    except OSError as err:
+                        problems.errors.append(f"{key}/{e.name}: {err.strerror}")
+                        continue
+                    files.append((e.name, st.st_size, st.st_mtime_ns, None, _S_ISREG(st.st_mode)))
         except OSError as e:
             problems.errors.append(f"{key or '.'}: {e.strerror}")
-            return subdirs
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    subdirs.append(e.name)
-                    continue
-                info = _info(e.stat(follow_symlinks=False))
-            except FileNotFoundError:
-                problems.vanished += 1
-                continue
-            except OSError as err:
-                problems.errors.append(f"{key}/{e.name}: {err.strerror}")
-                continue
-            yield Found(state, key, e.name, info)
-        return subdirs
+        return files, subdirs
 
     def stat(self, key: str) -> FileInfo | None:
         try:

@@ -22,8 +22,9 @@ import botocore.exceptions
 from debris.stores.base import (
     Capability,
     Changed,
+    Entry,
     FileInfo,
-    Found,
+    Listing,
     MultipartUpload,
     NotFound,
     Part,
@@ -166,20 +167,20 @@ class S3Store(Store):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _list(self, dir_key: str, flat: bool) -> tuple[list[tuple[str, FileInfo]], list[str]]:
+    def _list(self, dir_key: str, flat: bool) -> tuple[list[Entry], list[str]]:
         """Objects below ``dir_key`` (relative to it) and, unless ``flat``, its subdirectory names."""
         prefix = self._prefix + (f"{dir_key}/" if dir_key else "")
         args = {"Bucket": self.bucket, "Prefix": prefix}
         if not flat:
             args["Delimiter"] = "/"
-        files: list[tuple[str, FileInfo]] = []
+        files: list[Entry] = []
         subdirs: list[str] = []
         try:
             # Pages are read by IsTruncated/NextContinuationToken: a missing KeyCount (RGW, Spaces) is fine.
             for page in self.client.get_paginator("list_objects_v2").paginate(**args):
                 for obj in page.get("Contents", ()):
                     rel = obj["Key"][len(prefix) :]
-                    files.append((rel, FileInfo(obj["Size"], _ns(obj["LastModified"]), _etag(obj.get("ETag")))))
+                    files.append((rel, obj["Size"], _ns(obj["LastModified"]), _etag(obj.get("ETag")), True))
                 for cp in page.get("CommonPrefixes", ()):
                     subdirs.append(cp["Prefix"][len(prefix) : -1])
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
@@ -193,7 +194,7 @@ class S3Store(Store):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,
-    ) -> Iterator[Found[S]]:
+    ) -> Iterator[Listing[S]]:
         flat = flat or (lambda _s: False)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="debris-list")
         pending: dict[Future, tuple[str, S, bool]] = {}
@@ -216,8 +217,8 @@ class S3Store(Store):
                     if is_flat:
                         yield from self._expand_flat(key, state, files, descend)
                         continue
-                    for name, info in files:
-                        yield Found(state, key, name, info)
+                    if files:
+                        yield Listing(state, key, files)
                     for name in subdirs:
                         child = descend(state, key, name)
                         if child is not None:
@@ -228,23 +229,26 @@ class S3Store(Store):
             pool.shutdown(wait=True)
 
     @staticmethod
-    def _expand_flat(base: str, base_state: S, files, descend) -> Iterator[Found[S]]:
-        """Turn one flat listing into per-directory entries, calling ``descend`` parents first."""
+    def _expand_flat(base: str, base_state: S, files: list[Entry], descend) -> Iterator[Listing[S]]:
+        """Turn one flat listing into per-directory listings, calling ``descend`` parents first."""
         states: dict[str, S | None] = {"": base_state}
-        for rel, info in files:
-            parts = rel.split("/")
+        groups: dict[str, list[Entry]] = {}
+        for entry in files:
+            parts = entry[0].split("/")
             parent = ""
             state = base_state
             for name in parts[:-1]:
                 here = f"{parent}/{name}" if parent else name
                 if here not in states:
-                    states[here] = None if state is None else descend(state, _join(base, parent), name)
+                    states[here] = descend(state, _join(base, parent), name)
                 state = states[here]
                 parent = here
                 if state is None:
                     break
             if state is not None:
-                yield Found(state, _join(base, parent), parts[-1], info)
+                groups.setdefault(parent, []).append((parts[-1], *entry[1:]))
+        for rel, entries in groups.items():
+            yield Listing(states[rel], _join(base, rel), entries)
 
     def stat(self, key: str) -> FileInfo | None:
         try:
@@ -317,8 +321,8 @@ class S3Store(Store):
         current = self.stat(key)
         if current is None:
             raise NotFound(key)
-        if (current.size, current.etag) != (expected.size, expected.etag):
-            raise Changed(f"{key}: size or ETag changed")
+        if (current.size, current.mtime_ns, current.etag) != (expected.size, expected.mtime_ns, expected.etag):
+            raise Changed(f"{key}: size, LastModified or ETag changed")
         return self.remove_files([(key, expected)])[0].bytes_freed
 
     def remove_files(self, batch: list[tuple[str, FileInfo]]) -> list[Removal]:
