@@ -209,19 +209,17 @@ def _check_out_path(path: str, store) -> None:
 
 
 def _write_plan_file(path: str, data: dict) -> None:
-    import json
+    from debris import jsonio
 
     if path == "-":
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        jsonio.dump(data, sys.stdout)
         return
     target = os.path.realpath(path)
     directory = os.path.dirname(target) or "."
     fd, tmp = tempfile.mkstemp(prefix=".debris-plan-", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            jsonio.dump(data, f)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -123,6 +123,8 @@ class _Collector:
         session = self.session(d) if d.upload_id is not None else None
         if session is not None and d.level in SESSION_DIR_LEVELS:
             session.dirs.append(listing.key)
+            if listing.contents and "startedat" in listing.contents:
+                session.startedat = listing.contents["startedat"]
         classify = layout.classify
         for name, size, mtime_ns, etag, regular in listing.files:
             if name == "":  # "dir/" object written by another S3 tool: no part of any session
@@ -148,6 +150,10 @@ class _Collector:
             self.obs.blob_multiparts.append(mp)
         else:
             self.obs.unknown.add(f"{mp.key} (incomplete multipart upload {mp.upload_id})", None)
+
+
+def _startedat(d: Dir, name: str) -> bool:
+    return name == "startedat" and d.level is Level.SESSION
 
 
 def _uploads_flat(d: Dir) -> bool:
@@ -215,7 +221,7 @@ def observe(
     collector = _Collector(obs, want_temp_files)
     descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     flat = (lambda d: True) if want_temp_files else _uploads_flat
-    for listing in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat):
+    for listing in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat):
         collector.absorb(listing)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
         for mp in store.list_multipart_uploads(layout.ROOT_PREFIX + "/", obs.problems):
@@ -223,7 +229,8 @@ def observe(
     _stat_empty_session_dirs(store, obs.sessions.values(), obs.problems)
     # Details cost a request each on S3: only for sessions that may be stale by what is known so far.
     worth = [s for s in obs.sessions.values() if read_startedat(s)]
-    _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in worth if s.startedat_key in s.files])
+    unread = [s for s in worth if s.startedat is None and s.startedat_key in s.files]
+    _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in unread])
     obs.blob_multiparts = _fill_parts(store, worth, obs.blob_multiparts, obs.problems)
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
@@ -260,7 +267,7 @@ def observe_session(store: Store, repository: str, upload_id: str, problems: Wal
     key = layout.session_dir_key(repository, upload_id)
     descend = _prune(into_registry_data=False, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     s = collector.session(start)
-    for listing in store.walk(key, start, descend, problems, lambda d: True):
+    for listing in store.walk(key, start, descend, problems, lambda d: True, _startedat):
         collector.absorb(listing)
     _stat_empty_session_dirs(store, [s], problems)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
@@ -269,7 +276,7 @@ def observe_session(store: Store, repository: str, upload_id: str, problems: Wal
         _fill_parts(store, [s], [], problems)
     if not (s.files or s.dirs or s.strangers or s.multiparts):
         return None
-    if s.startedat_key in s.files:
+    if s.startedat is None and s.startedat_key in s.files:
         _read_startedat(store, s, problems)
     return s
 

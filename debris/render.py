@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from typing import TextIO
@@ -33,9 +32,10 @@ def table(rows: list[list], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
-def dump_json(data: dict, out: TextIO = sys.stdout) -> None:
-    json.dump(data, out, indent=2, sort_keys=False)
-    out.write("\n")
+def dump_json(data: dict, out: TextIO | None = None) -> None:
+    from debris import jsonio
+
+    jsonio.dump(data, out or sys.stdout)
 
 
 def _unknown_lines(u: UnknownReport, rows: int) -> list[str]:

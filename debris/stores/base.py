@@ -23,6 +23,10 @@ class Capability(StrEnum):
     FREE_SPACE = "free_space"  # free bytes / inodes can be measured (local filesystem)
 
 
+#: How much of a file ``walk(read=...)`` returns: startedat is 20 bytes.
+READ_LIMIT = 256
+
+
 class StoreError(Exception):
     """An I/O failure against the store, with a one-line message for people."""
 
@@ -71,6 +75,7 @@ class Listing(NamedTuple, Generic[S]):
     state: S
     key: str
     files: list[Entry]
+    contents: dict[str, bytes] | None = None  # small files read during the walk, when asked and cheap
 
     def file_key(self, name: str) -> str:
         return f"{self.key}/{name}" if self.key else name
@@ -147,6 +152,7 @@ class Store(ABC):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,
+        read: Callable[[S, str], bool] | None = None,
     ) -> Iterator[Listing[S]]:
         """Yield one Listing for ``start_key`` (state ``start_state``) and for every directory below it.
 
@@ -161,6 +167,10 @@ class Store(ABC):
         ``flat(state)`` True says the caller wants (nearly) everything below a directory in that
         state: a store whose listing is cheaper without a delimiter (S3) may then list the whole
         subtree in one go.
+
+        ``read(state, name)`` True asks for the first READ_LIMIT bytes of a small file in
+        ``Listing.contents``. A store reads them only where that is cheap (the local store has the
+        directory open anyway); elsewhere it ignores the request and callers use ``read``.
         """
 
     @abstractmethod

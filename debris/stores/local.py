@@ -14,6 +14,7 @@ import stat as st_mod
 from collections.abc import Callable, Iterator
 
 from debris.stores.base import (
+    READ_LIMIT,
     Capability,
     Changed,
     Entry,
@@ -37,6 +38,33 @@ _S_ISREG = st_mod.S_ISREG
 def _info(st: os.stat_result) -> FileInfo:
     mode = st.st_mode
     return FileInfo(st.st_size, st.st_mtime_ns, None, st_mod.S_ISREG(mode), st_mod.S_ISDIR(mode))
+
+
+def _read_at(dir_fd: int, name: str, limit: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO planted in the store must not hang the scan.
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        if not st_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise Changed(f"{name}: not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_some(dir_fd, key, state, files, read, problems) -> dict[str, bytes] | None:
+    """The small files of one directory that the walk's caller asked to read, through its open fd."""
+    if read is None:
+        return None
+    out = {}
+    for name, _size, _mtime, _etag, regular in files:
+        if regular and read(state, name):
+            try:
+                out[name] = _read_at(dir_fd, name, READ_LIMIT)
+            except FileNotFoundError:
+                problems.vanished += 1
+            except (OSError, Changed) as e:
+                problems.errors.append(f"{key}/{name}: {getattr(e, 'strerror', None) or e}")
+    return out
 
 
 class LocalStore(Store):
@@ -104,6 +132,7 @@ class LocalStore(Store):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,  # listing per directory is already optimal here
+        read: Callable[[S, str], bool] | None = None,
     ) -> Iterator[Listing[S]]:
         try:
             fd = self._open_dir(start_key.split("/") if start_key else [])
@@ -118,7 +147,7 @@ class LocalStore(Store):
         try:
             files, subdirs = self._list(fd, start_key, problems)
             frames.append((fd, start_key, start_state, iter(subdirs)))
-            yield Listing(start_state, start_key, files)
+            yield Listing(start_state, start_key, files, _read_some(fd, start_key, start_state, files, read, problems))
             while frames:
                 pfd, pkey, pstate, pending = frames[-1]
                 name = next(pending, None)
@@ -144,7 +173,7 @@ class LocalStore(Store):
                 frames.append((cfd, ckey, child, iter(())))
                 files, subdirs = self._list(cfd, ckey, problems)
                 frames[-1] = (cfd, ckey, child, iter(subdirs))
-                yield Listing(child, ckey, files)
+                yield Listing(child, ckey, files, _read_some(cfd, ckey, child, files, read, problems))
         finally:
             for f in frames:
                 os.close(f[0])
@@ -193,20 +222,15 @@ class LocalStore(Store):
         except NotFound:
             return None
         try:
-            # O_NONBLOCK: opening a FIFO planted in the store must not hang the scan.
-            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            return _read_at(fd, name, limit)
         except FileNotFoundError:
             return None
+        except Changed:
+            raise Changed(f"{key}: not a regular file") from None
         except OSError as e:
             raise StoreError(f"{key}: {e.strerror}") from None
         finally:
             os.close(fd)
-        try:
-            if not st_mod.S_ISREG(os.fstat(ffd).st_mode):
-                raise Changed(f"{key}: not a regular file")
-            return os.read(ffd, limit)
-        finally:
-            os.close(ffd)
 
     def free_space(self) -> dict:
         vfs = os.fstatvfs(self._root_fd)

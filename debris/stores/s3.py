@@ -194,6 +194,7 @@ class S3Store(Store):
         descend: Callable[[S, str, str], S | None],
         problems: WalkProblems,
         flat: Callable[[S], bool] | None = None,
+        read: Callable[[S, str], bool] | None = None,  # a GET each: callers read what they need later
     ) -> Iterator[Listing[S]]:
         flat = flat or (lambda _s: False)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="debris-list")
