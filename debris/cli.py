@@ -178,11 +178,32 @@ def _make_plan(st, policy):
         st,
         want_temp_files=Kind.TEMP_FILE in policy.include,
         probe_repos=policy.probe_repos,
-        read_startedat=needs_startedat(policy, now),
+        worth_detail=needs_startedat(policy, now),
+        progress=_walk_progress(),
     )
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
     plan = make_plan(obs, policy, now, st.url, st.identity())
     plan.requests = st.request_counts()
     return plan, now
+
+
+def _walk_progress():
+    """'listed N directories' on stderr, at most a few times a second, only for people at a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    import time
+
+    last = [0.0]
+
+    def show(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.25:
+            last[0] = now
+            sys.stderr.write(f"\rlisted {n:,} directories")
+            sys.stderr.flush()
+
+    return show
 
 
 def _progress():
@@ -245,7 +266,9 @@ def scan(
 
     with _errors():
         st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
-        report = inventory.scan(st, by_repository=by_repo)
+        report = inventory.scan(st, by_repository=by_repo, progress=_walk_progress())
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
     if json_out:
         data = render.scan_json(report, st.url)
         if st.request_counts() is not None:

@@ -210,25 +210,29 @@ def observe(
     *,
     want_temp_files: bool,
     probe_repos: Iterable[str] = (),
-    read_startedat: Callable[[SessionObservation], bool] = lambda s: True,
+    worth_detail: Callable[[SessionObservation], bool] = lambda s: True,
+    progress: Callable[[int], None] | None = None,
 ) -> Observation:
     """Facts for planning. Walks repositories and their ``_uploads``; registry data only for temp files.
 
-    ``read_startedat(session)`` says whether a session's ``startedat`` content is worth a read
-    (a session already too fresh by its mtimes need not pay for one).
+    ``worth_detail(session)`` says whether a session's details (``startedat`` where the walk did
+    not read it, multipart parts) are worth a request each: one already too fresh by what the
+    listing showed need not pay for them. ``progress(n)`` is told how many directories were listed.
     """
     obs = Observation()
     collector = _Collector(obs, want_temp_files)
     descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     flat = (lambda d: True) if want_temp_files else _uploads_flat
-    for listing in store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat):
+    for n, listing in enumerate(store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat), 1):
         collector.absorb(listing)
+        if progress:
+            progress(n)
     if Capability.MULTIPART_UPLOADS in store.capabilities:
         for mp in store.list_multipart_uploads(layout.ROOT_PREFIX + "/", obs.problems):
             collector.multipart(mp)
     _stat_empty_session_dirs(store, obs.sessions.values(), obs.problems)
     # Details cost a request each on S3: only for sessions that may be stale by what is known so far.
-    worth = [s for s in obs.sessions.values() if read_startedat(s)]
+    worth = [s for s in obs.sessions.values() if worth_detail(s)]
     unread = [s for s in worth if s.startedat is None and s.startedat_key in s.files]
     _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in unread])
     obs.blob_multiparts = _fill_parts(store, worth, obs.blob_multiparts, obs.problems)
@@ -322,7 +326,7 @@ class ScanReport:
         return sum(t.bytes for t in self.by_class.values())
 
 
-def scan(store: Store, by_repository: bool = False) -> ScanReport:
+def scan(store: Store, by_repository: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
     """Classify every path in the store and sum sizes per class (and per repository)."""
     report = ScanReport()
     totals: dict[Kind, ClassTotals] = report.by_class
@@ -349,7 +353,9 @@ def scan(store: Store, by_repository: bool = False) -> ScanReport:
             rt.count += 1
             rt.bytes += size
 
-    for listing in store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True):
+    for n, listing in enumerate(store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True), 1):
+        if progress:
+            progress(n)
         d = listing.state
         if d.upload_id is not None:
             sessions.add((d.repository, d.upload_id))

@@ -29,7 +29,7 @@ def plan_for(store, policy=None, now=None):
         store,
         want_temp_files="temp_file" in policy.include,
         probe_repos=policy.probe_repos,
-        read_startedat=needs_startedat(policy, now),
+        worth_detail=needs_startedat(policy, now),
     )
     return make_plan(obs, policy, now, store.url, store.identity())
 
