@@ -138,8 +138,10 @@ def _validate_item(item: PlanItem, policy: Policy, store: Store, where: str) -> 
         raise PlanRefused(f"{where}: class {item.kind.value!r} is not included by the plan's policy")
     if not item.files and not item.multiparts:
         raise PlanRefused(f"{where}: names nothing to delete")
-    if len(set(item.paths)) != len(item.paths) or len({m.upload_id for m in item.multiparts}) != len(item.multiparts):
-        raise PlanRefused(f"{where}: a path is listed twice")
+    if len({f.path for f in item.files}) != len(item.files) or len({m.upload_id for m in item.multiparts}) != len(
+        item.multiparts
+    ):
+        raise PlanRefused(f"{where}: a file or multipart upload is listed twice")
     if item.multiparts and Capability.MULTIPART_UPLOADS not in store.capabilities:
         raise PlanRefused(f"{where}: {store.url} has no multipart uploads")
     if item.upload_id is not None or item.kind in SESSION_KINDS:
@@ -218,7 +220,10 @@ class Gate:
     # sessions (and orphan multipart uploads of purged sessions)
 
     def _session(self, item: PlanItem) -> Outcome:
+        errors_before = len(self.problems.errors)
         current = observe_session(self.store, item.repository, item.upload_id, self.problems)
+        if len(self.problems.errors) > errors_before:
+            return Outcome(item, "skipped", f"could not re-read the session: {self.problems.errors[-1]}")
         if current is None:
             return Outcome(item, "skipped", "gone since plan")
         change = _difference(item, current)

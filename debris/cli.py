@@ -360,6 +360,14 @@ def apply(
         Optional[str],  # noqa: UP045
         typer.Option("--store", metavar="STORE", help="Expect the plan to be for this store (refused otherwise)."),
     ] = None,
+    registry_config: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--registry-config",
+            metavar="FILE",
+            help="Open the store (and its credentials) from the registry's config.yml; it must be the planned one.",
+        ),
+    ] = None,
     endpoint_url: EndpointOpt = None,
     region: RegionOpt = None,
     profile: ProfileOpt = None,
@@ -386,8 +394,9 @@ def apply(
         except ValueError as e:
             raise PlanFormatError(f"{planfile} is not JSON: {e}") from None
         the_plan = Plan.from_json(raw)
-        endpoint = endpoint_url or _planned_endpoint(the_plan)
-        st = _open(store or the_plan.store_url, None, endpoint, region, profile, ca_bundle, no_verify_tls)
+        endpoint = endpoint_url or (None if registry_config else _planned_endpoint(the_plan))
+        spec = store or (None if registry_config else the_plan.store_url)
+        st = _open(spec, registry_config, endpoint, region, profile, ca_bundle, no_verify_tls)
         result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
     _finish_apply(result, st, json_out, rows)
 

@@ -235,7 +235,8 @@ def observe(
     worth = [s for s in obs.sessions.values() if worth_detail(s)]
     unread = [s for s in worth if s.startedat is None and s.startedat_key in s.files]
     _detail(store, [lambda s=s: _read_startedat(store, s, obs.problems) for s in unread])
-    obs.blob_multiparts = _fill_parts(store, worth, obs.blob_multiparts, obs.problems)
+    # Parts of every session: active uploads' bytes are reported too, and there are few of them.
+    obs.blob_multiparts = _fill_parts(store, obs.sessions.values(), obs.blob_multiparts, obs.problems)
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
     return obs

@@ -81,6 +81,15 @@ class PlannedFile:
         return d
 
 
+def item_paths(files: list[PlannedFile], multiparts: list[MultipartUpload]) -> list[str]:
+    """Objects to delete, then the keys of multipart uploads to abort, each key once.
+
+    On S3 a session's ``data`` can be both: the driver completes a multipart upload into an
+    object when a chunk is under 5 MiB, then opens a new upload on the same key.
+    """
+    return list(dict.fromkeys([f.path for f in files] + [m.key for m in multiparts]))
+
+
 def multipart_to_json(mp: MultipartUpload) -> dict:
     return {
         "key": mp.key,
@@ -108,8 +117,7 @@ class PlanItem:
 
     @property
     def paths(self) -> list[str]:
-        """Objects to delete, then the keys of multipart uploads to abort."""
-        return [f.path for f in self.files] + list(dict.fromkeys(m.key for m in self.multiparts))
+        return item_paths(self.files, self.multiparts)
 
     def label(self) -> str:
         if self.upload_id:
@@ -255,8 +263,7 @@ def _plan_from_json(data: object) -> Plan:
             )
         raw_mps = _want(raw.get("multipart_uploads", []), list, "multipart_uploads")
         multiparts = [_multipart_from_json(m, f"items[{n}]") for m in raw_mps]
-        expected_paths = [f.path for f in files] + list(dict.fromkeys(m.key for m in multiparts))
-        if raw.get("paths") != expected_paths:
+        if raw.get("paths") != item_paths(files, multiparts):
             raise PlanFormatError(f"items[{n}]: paths disagree with files and multipart_uploads")
         last = parse_rfc3339(_want(raw["last_activity"], str, "last_activity"))
         if last is None:
