@@ -28,6 +28,7 @@ class Exit(IntEnum):
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help texts hold literal brackets (s3://BUCKET[/ROOTDIR])
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Find and safely delete debris (abandoned uploads, temp files) in a container registry's storage. "

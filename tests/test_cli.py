@@ -170,3 +170,10 @@ def test_boto3_is_not_imported_for_a_local_store(tree):
     )
     r = subprocess.run([sys.executable, "-c", code, str(tree.root)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("command", ["scan", "plan", "apply", "clean"])
+def test_help_renders(command):
+    r = run(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout and "--json" in r.stdout
