@@ -223,7 +223,11 @@ def observe(
     collector = _Collector(obs, want_temp_files)
     descend = _prune(into_registry_data=want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir)
     flat = (lambda d: True) if want_temp_files else _uploads_flat
-    for n, listing in enumerate(store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat), 1):
+    if Capability.DELIMITER_LISTING in store.capabilities and not want_temp_files:
+        listings = _walk_uploads_by_repository(store, descend, collector, obs.problems)
+    else:
+        listings = store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat)
+    for n, listing in enumerate(listings, 1):
         collector.absorb(listing)
         if progress:
             progress(n)
@@ -240,6 +244,35 @@ def observe(
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
     return obs
+
+
+def _walk_uploads_by_repository(store: Store, descend, collector: _Collector, problems: WalkProblems):
+    """Every repository's ``_uploads/`` without listing one directory per repository path level.
+
+    No repository component starts with "_", so one listing of ``repositories/`` with the delimiter
+    "/_" names every repository, nested ones too, in one request per 1000; then each repository's
+    ``_uploads/`` is listed flat. The levels above ``repositories/`` are walked as usual.
+    """
+    repos_key = f"{layout.ROOT_PREFIX}/repositories"
+
+    def above_repositories(parent: Dir, key: str, name: str) -> Dir | None:
+        child = descend(parent, key, name)
+        return None if child is not None and child.level is Level.REPOSITORIES else child
+
+    yield from store.walk("", layout.STORE_ROOT, above_repositories, problems)
+    names, loose = store.common_prefixes(repos_key + "/", "/_", problems)
+    for rel, size, mtime_ns, etag, _regular in loose:
+        if rel.endswith("/"):  # a folder marker such as repositories/team/
+            collector.obs.folder_markers.append((f"{repos_key}/{rel}", FileInfo(size, mtime_ns, etag)))
+        else:
+            collector.obs.unknown.add(f"{repos_key}/{rel}", size)
+    starts = []
+    for name in names:
+        if layout.is_valid_repository(name):
+            starts.append((f"{repos_key}/{name}/{layout.RESERVED_UPLOADS}", Dir(Level.UPLOADS, name)))
+        else:
+            collector.obs.unknown.add(f"{repos_key}/{name}/_", None)
+    yield from store.walk_many(starts, descend, problems, lambda d: True, _startedat)
 
 
 def _stat_empty_session_dirs(store: Store, sessions: Iterable[SessionObservation], problems: WalkProblems) -> None:

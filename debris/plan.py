@@ -452,12 +452,26 @@ def make_plan(obs: Observation, policy: Policy, now: datetime, store_url: str, s
     return plan
 
 
-def needs_startedat(policy: Policy, now: datetime):
-    """For ``inventory.observe``: read startedat only where mtimes alone already say stale."""
+#: How much newer than its own LastModified a startedat's content can be: the registry's clock
+#: against the store's. SigV4 refuses requests skewed by over 15 minutes; an hour is generous.
+STARTEDAT_SKEW_MARGIN = timedelta(hours=1)
+
+
+def needs_startedat(policy: Policy, now: datetime, margin: timedelta = STARTEDAT_SKEW_MARGIN):
+    """For ``inventory.observe``: is a session's ``startedat`` content worth a read (a GET on S3)?
+
+    Only when the mtimes alone say stale, and by less than ``margin``: the content is written at the
+    same moment as the object, so further back it cannot make the session fresh again.
+    """
 
     def predicate(s: SessionObservation) -> bool:
         kind, threshold = policy.threshold_for(s.repository)
         newest = s.newest_mtime_ns()
-        return policy.allows(kind) and (newest is None or now - from_ns(newest) >= threshold)
+        if not policy.allows(kind) and not policy.allows(Kind.MULTIPART_UPLOAD):
+            return False
+        if newest is None:
+            return True
+        idle = now - from_ns(newest)
+        return threshold <= idle < threshold + margin
 
     return predicate

@@ -21,6 +21,9 @@ class Capability(StrEnum):
     DIRECTORIES = "directories"  # real directories that must be removed once empty (local filesystem)
     MULTIPART_UPLOADS = "multipart_uploads"  # incomplete multipart uploads can be listed and aborted (S3 family)
     FREE_SPACE = "free_space"  # free bytes / inodes can be measured (local filesystem)
+    # One listing with any delimiter string (common_prefixes, walk_many): S3 finds every repository
+    # in one request per 1000 with the delimiter "/_", since no repository component starts with "_".
+    DELIMITER_LISTING = "delimiter_listing"
 
 
 #: How much of a file ``walk(read=...)`` returns: startedat is 20 bytes.
@@ -218,6 +221,22 @@ class Store(ABC):
         Raises NotFound, Changed or StoreError. Only ``debris.apply`` may call this.
         """
         raise StoreError(f"{self.url} has no multipart uploads")
+
+    def walk_many(
+        self,
+        starts: list[tuple[str, S]],
+        descend: Callable[[S, str, str], S | None],
+        problems: WalkProblems,
+        flat: Callable[[S], bool] | None = None,
+        read: Callable[[S, str], bool] | None = None,
+    ) -> Iterator[Listing[S]]:
+        """``walk`` from several independent directories; a store may list them in parallel."""
+        for key, state in starts:
+            yield from self.walk(key, state, descend, problems, flat, read)
+
+    def common_prefixes(self, prefix_key: str, delimiter: str, problems: WalkProblems) -> tuple[list[str], list[Entry]]:
+        """Capability.DELIMITER_LISTING: the distinct key prefixes up to ``delimiter`` below ``prefix_key``."""
+        raise StoreError(f"{self.url} cannot list by an arbitrary delimiter")
 
     def request_counts(self) -> dict[str, int] | None:
         """API calls made so far, by operation, for stores that are billed per request."""

@@ -86,7 +86,7 @@ def _split_clean(key: str) -> bool:
 
 class S3Store(Store):
     scheme = "s3"
-    capabilities = frozenset({Capability.MULTIPART_UPLOADS})
+    capabilities = frozenset({Capability.MULTIPART_UPLOADS, Capability.DELIMITER_LISTING})
 
     def __init__(
         self,
@@ -196,6 +196,17 @@ class S3Store(Store):
         flat: Callable[[S], bool] | None = None,
         read: Callable[[S, str], bool] | None = None,  # a GET each: callers read what they need later
     ) -> Iterator[Listing[S]]:
+        return self.walk_many([(start_key, start_state)], descend, problems, flat)
+
+    def walk_many(
+        self,
+        starts: list[tuple[str, S]],
+        descend: Callable[[S, str, str], S | None],
+        problems: WalkProblems,
+        flat: Callable[[S], bool] | None = None,
+        read: Callable[[S, str], bool] | None = None,
+    ) -> Iterator[Listing[S]]:
+        """``walk`` from several independent directories at once, on one bounded pool."""
         flat = flat or (lambda _s: False)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="debris-list")
         pending: dict[Future, tuple[str, S, bool]] = {}
@@ -205,7 +216,8 @@ class S3Store(Store):
             pending[pool.submit(self._list, key, is_flat)] = (key, state, is_flat)
 
         try:
-            submit(start_key, start_state)
+            for key, state in starts:
+                submit(key, state)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -251,15 +263,41 @@ class S3Store(Store):
         for rel, entries in groups.items():
             yield Listing(states[rel], _join(base, rel), entries)
 
-    def stat(self, key: str) -> FileInfo | None:
+    def common_prefixes(self, prefix_key: str, delimiter: str, problems: WalkProblems) -> tuple[list[str], list[Entry]]:
+        """One delimiter listing with an arbitrary delimiter: (prefixes relative to ``prefix_key``
+        without the delimiter, objects that contain no delimiter). Paginated, so one request per
+        1000 results."""
+        prefix = self._prefix + prefix_key
+        prefixes: list[str] = []
+        files: list[Entry] = []
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._s3key(key))
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter=delimiter
+            )
+            for page in pages:
+                for cp in page.get("CommonPrefixes", ()):
+                    prefixes.append(cp["Prefix"][len(prefix) : -len(delimiter)])
+                for obj in page.get("Contents", ()):
+                    files.append(
+                        (obj["Key"][len(prefix) :], obj["Size"], _ns(obj["LastModified"]), _etag(obj.get("ETag")), True)
+                    )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-            err = client_error(e, f"stat {key}")
-            if isinstance(err, NotFound):
-                return None
-            raise err from None
-        return FileInfo(head["ContentLength"], _ns(head["LastModified"]), _etag(head.get("ETag")))
+            problems.errors.append(str(client_error(e, f"list {prefix} by {delimiter!r}")))
+        return prefixes, files
+
+    def stat(self, key: str) -> FileInfo | None:
+        # A one-key listing, not HEAD: HEAD's Last-Modified has whole seconds while listings carry
+        # milliseconds (RGW), and the gate compares with what a listing showed. A key sorts before
+        # every longer key it prefixes, so MaxKeys=1 finds it if it exists.
+        s3key = self._s3key(key)
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=s3key, MaxKeys=1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise client_error(e, f"stat {key}") from None
+        for obj in page.get("Contents", ()):
+            if obj["Key"] == s3key:
+                return FileInfo(obj["Size"], _ns(obj["LastModified"]), _etag(obj.get("ETag")))
+        return None
 
     def read(self, key: str, limit: int) -> bytes | None:
         try:
