@@ -156,6 +156,8 @@ def _validate_item(item: PlanItem, policy: Policy, store: Store, where: str) -> 
             raise PlanRefused(f"{where}: a multipart upload outside a session is one upload")
     elif len(item.files) != 1 or item.multiparts:
         raise PlanRefused(f"{where}: a {item.kind.value} item names exactly one file")
+    elif item.kind is Kind.FOLDER_MARKER and item.files[0].size != 0:
+        raise PlanRefused(f"{where}: a folder marker is an empty object; {item.files[0].path!r} holds data")
     for f in item.files:
         reason = _file_refusal(f.path, item)
         if reason:

@@ -78,6 +78,7 @@ class Observation:
     sessions: dict[tuple[str, str], SessionObservation] = field(default_factory=dict)
     temp_files: list[tuple[layout.Entry, FileInfo]] = field(default_factory=list)
     folder_markers: list[tuple[str, FileInfo]] = field(default_factory=list)
+    root_folder_marker: bool = False
     blob_multiparts: list[MultipartUpload] = field(default_factory=list)  # failed copies onto blobs/
     unknown: UnknownReport = field(default_factory=UnknownReport)
     problems: WalkProblems = field(default_factory=WalkProblems)
@@ -128,7 +129,10 @@ class _Collector:
         classify = layout.classify
         for name, size, mtime_ns, etag, regular in listing.files:
             if name == "":  # "dir/" object written by another S3 tool: no part of any session
-                self.obs.folder_markers.append((listing.key + "/", FileInfo(size, mtime_ns, etag)))
+                if listing.key:
+                    self.obs.folder_markers.append((listing.key + "/", FileInfo(size, mtime_ns, etag)))
+                else:  # the rootdirectory's own marker: outside the store's keys, left alone
+                    self.obs.root_folder_marker = True
                 continue
             kind = classify(d, name) if regular else Kind.UNKNOWN
             if kind is Kind.UNKNOWN:

@@ -443,6 +443,7 @@ def make_plan(obs: Observation, policy: Policy, now: datetime, store_url: str, s
         item = judge_blob_multipart(mp, policy, now)
         if item is not None:
             plan.items.append(item)
+    plan.folder_markers += int(obs.root_folder_marker)
     for key, info in obs.folder_markers:
         item = judge_folder_marker(key, info, policy)
         if item is not None:

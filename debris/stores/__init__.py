@@ -48,7 +48,9 @@ def open_s3(scheme: str, bucket: str, root: str, options: dict) -> Store:
     if scheme == "rgw" and not kwargs.get("endpoint_url"):
         raise StoreSpecError("rgw:// needs --endpoint-url (the radosgw address, e.g. http://127.0.0.1:7480)")
     cls = RGWStore if scheme == "rgw" else S3Store
-    return cls(bucket, root, **kwargs)
+    store = cls(bucket, root, **kwargs)
+    store.check_layout()
+    return store
 
 
 def open_local(path: str) -> Store:

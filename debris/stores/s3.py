@@ -112,7 +112,7 @@ class S3Store(Store):
         self.region = region
         self.workers = self.parallel_reads = max(1, workers)
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},  # the first try included
             s3={"addressing_style": "path" if path_style else "auto"},
             signature_version="s3v4",
             max_pool_connections=self.workers * 2,
@@ -263,6 +263,26 @@ class S3Store(Store):
         for rel, entries in groups.items():
             yield Listing(states[rel], _join(base, rel), entries)
 
+    def check_layout(self) -> None:
+        """Fail now, with the fix, on a missing bucket or a rootdirectory that holds no registry."""
+        prefix = f"{self._prefix}docker/registry/v2/"
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise client_error(e, f"{self.url}") from None
+        if not page.get("Contents") and not self._any_multipart(prefix):
+            raise StoreError(
+                f"{self.url} holds no docker/registry/v2/: check the bucket and the registry's rootdirectory "
+                f"(s3://BUCKET/ROOTDIR, without docker/registry/v2)"
+            )
+
+    def _any_multipart(self, prefix: str) -> bool:
+        try:
+            answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix, MaxUploads=1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise client_error(e, f"{self.url}") from None
+        return bool(answer.get("Uploads"))
+
     def common_prefixes(self, prefix_key: str, delimiter: str, problems: WalkProblems) -> tuple[list[str], list[Entry]]:
         """One delimiter listing with an arbitrary delimiter: (prefixes relative to ``prefix_key``
         without the delimiter, objects that contain no delimiter). Paginated, so one request per
@@ -396,11 +416,11 @@ class S3Store(Store):
             for err in answer.get("Errors", ()):
                 if err.get("Key") in sizes:
                     key, _ = sizes[err["Key"]]
-                    results[key] = Removal(key, 0, StoreError(f"{key}: {err.get('Code')}: {err.get('Message')}"))
+                    results[key] = Removal(key, 0, StoreError(f"{err.get('Code')}: {err.get('Message')}"))
             for k in chunk:
                 key = sizes[k][0]
                 if key not in results:
-                    results[key] = Removal(key, 0, StoreError(f"{key}: DeleteObjects answered nothing for this key"))
+                    results[key] = Removal(key, 0, StoreError("DeleteObjects answered nothing for this key"))
         return [results[key] for key, _ in batch]
 
 
