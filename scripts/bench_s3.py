@@ -412,9 +412,10 @@ def cmd_report(a: argparse.Namespace) -> int:
     print()
     print("where the requests go (directory counts from the 2.8 walk, which lists the same tree):")
     print(
-        f"  debris: ListObjectsV2 {req_plan.get('ListObjectsV2', 0)} = 4 above repositories/ (root, docker/, "
-        f"docker/registry/, v2/; blobs/ pruned) + {tree} repository and namespace dirs (one delimiter listing "
-        f"each) + {uploads} _uploads/ (one flat listing each) = {4 + tree + uploads} expected; "
+        f"  debris: ListObjectsV2 {req_plan.get('ListObjectsV2', 0)} = 1 layout check on open + 4 above "
+        f"repositories/ (root, docker/, docker/registry/, v2/; blobs/ pruned) + 1 per 1000 repositories "
+        f"(repositories/ listed with the delimiter '/_') + one flat _uploads/ listing per repository "
+        f"({pop['repositories']}) = {1 + 4 + -(-pop['repositories'] // 1000) + pop['repositories']} expected; "
         f"GetObject {req_plan.get('GetObject', 0)} (one per startedat: {purge['startedat_read']}); "
         f"ListParts {req_plan.get('ListParts', 0)} (one per multipart upload: {pop['multipart_uploads']}); "
         f"ListMultipartUploads {req_plan.get('ListMultipartUploads', 0)}"

@@ -203,7 +203,7 @@ echo
 "${B3[@]}" report --populate-json "$WORK/populate.json" --plan-json "$WORK/plan1.json" --plan-json-2 "$WORK/plan2.json" \
     --plan-after-json "$WORK/plan-after.json" --flat-json "$WORK/flat.json" --flat-after-json "$WORK/flat-after.json" \
     --purge-json "$WORK/purge.json" --timing "$WORK/timing" --added "$ADD" || fail "report failed"
-"$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); r=d["requests"]; print(f"worst case (--older-than 1s --force, every session stale): {sum(r.values())} requests {r}, {len(d["items"])} items")' "$WORK/worst.json"
+"$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); r=d["requests"]; n=len(d["items"]); print(f"worst case (--older-than 1s --force, every session stale): {sum(r.values())} requests {r}, {n} items")' "$WORK/worst.json"
 echo "timed plan: ${PLAN_ARGS[*]}"
 echo "(median_s: wall time of a fresh process, spawn to exit; figures in parentheses are single runs."
 echo " requests: HTTP attempts counted by a botocore before-send hook, debris's own count for debris.)"
