@@ -165,7 +165,7 @@ def _is_digest_hex(alg: str | None, name: str) -> bool:
     return len(name) == DIGEST_HEX_LEN.get(alg or "", -1) and _HEX.fullmatch(name) is not None
 
 
-def _descend_repo(d: Dir, name: str) -> Dir:
+def _repo(d: Dir, name: str) -> Dir:
     if name == RESERVED_UPLOADS:
         return Dir(Level.UPLOADS, d.repository)
     if name == RESERVED_LAYERS:
@@ -179,78 +179,88 @@ def _descend_repo(d: Dir, name: str) -> Dir:
     return UNKNOWN_DIR
 
 
+def _repositories(d: Dir, name: str) -> Dir:
+    if (_NAME_COMPONENT.fullmatch(name) or _DOMAIN_COMPONENT.fullmatch(name)) and len(name) <= _NAME_TOTAL_MAX:
+        return Dir(Level.REPO, name)
+    return UNKNOWN_DIR
+
+
+def _fixed(name_to_level: dict[str, Level]):
+    """A level whose children have fixed names and carry no state of their own."""
+
+    def step(d: Dir, name: str) -> Dir:
+        level = name_to_level.get(name)
+        return UNKNOWN_DIR if level is None else Dir(level, d.repository, d.upload_id, tag=d.tag)
+
+    return step
+
+
+def _alg(child: Level):
+    def step(d: Dir, name: str) -> Dir:
+        return Dir(child, d.repository, d.upload_id, alg=name, tag=d.tag) if name in DIGEST_HEX_LEN else UNKNOWN_DIR
+
+    return step
+
+
+def _digest(child: Level):
+    def step(d: Dir, name: str) -> Dir:
+        if _is_digest_hex(d.alg, name):
+            return Dir(child, d.repository, alg=d.alg, hex=name, tag=d.tag)
+        return UNKNOWN_DIR
+
+    return step
+
+
+def _blob_prefix(d: Dir, name: str) -> Dir:
+    if len(name) == 2 and _HEX.fullmatch(name):
+        return Dir(Level.BLOB_PREFIX, alg=d.alg, hex=name)
+    return UNKNOWN_DIR
+
+
+def _blob_dir(d: Dir, name: str) -> Dir:
+    if _is_digest_hex(d.alg, name) and name.startswith(d.hex or "?"):
+        return Dir(Level.BLOB_DIR, alg=d.alg, hex=name)
+    return UNKNOWN_DIR
+
+
+def _session(d: Dir, name: str) -> Dir:
+    return Dir(Level.SESSION, d.repository, name) if _UUID.fullmatch(name) else UNKNOWN_DIR
+
+
+def _tag(d: Dir, name: str) -> Dir:
+    return Dir(Level.TAG_DIR, d.repository, tag=name) if _TAG.fullmatch(name) else UNKNOWN_DIR
+
+
+# How each level names its subdirectories. A level that is absent has none (its children are UNKNOWN).
+_STEP = {
+    Level.STORE_ROOT: _fixed({"docker": Level.DOCKER}),
+    Level.DOCKER: _fixed({"registry": Level.REGISTRY}),
+    Level.REGISTRY: _fixed({"v2": Level.V2}),
+    Level.V2: _fixed({"blobs": Level.BLOBS, "repositories": Level.REPOSITORIES}),
+    Level.BLOBS: _alg(Level.BLOB_ALG),
+    Level.BLOB_ALG: _blob_prefix,
+    Level.BLOB_PREFIX: _blob_dir,
+    Level.REPOSITORIES: _repositories,
+    Level.REPO: _repo,
+    Level.UPLOADS: _session,
+    Level.SESSION: _fixed({"hashstates": Level.HASHSTATES}),
+    Level.HASHSTATES: _alg(Level.HASHSTATE_ALG),
+    Level.LAYERS: _alg(Level.LAYER_ALG),
+    Level.LAYER_ALG: _digest(Level.LAYER_DIR),
+    Level.MANIFESTS: _fixed({"revisions": Level.REVISIONS, "tags": Level.TAGS}),
+    Level.REVISIONS: _alg(Level.REVISION_ALG),
+    Level.REVISION_ALG: _digest(Level.REVISION_DIR),
+    Level.TAGS: _tag,
+    Level.TAG_DIR: _fixed({"current": Level.TAG_CURRENT, "index": Level.TAG_INDEX}),
+    Level.TAG_INDEX: _alg(Level.TAG_INDEX_ALG),
+    Level.TAG_INDEX_ALG: _digest(Level.TAG_INDEX_DIR),
+}
+
+
 def descend(d: Dir, name: str) -> Dir:
     """The state of directory ``name`` inside directory ``d``. UNKNOWN is absorbing."""
-    lvl = d.level
-    if lvl == Level.UNKNOWN:
-        return UNKNOWN_DIR
-    if lvl == Level.REPO:
-        return _descend_repo(d, name)
-    if lvl == Level.UPLOADS:
-        return Dir(Level.SESSION, d.repository, name) if _UUID.fullmatch(name) else UNKNOWN_DIR
-    if lvl == Level.SESSION:
-        return Dir(Level.HASHSTATES, d.repository, d.upload_id) if name == "hashstates" else UNKNOWN_DIR
-    if lvl == Level.HASHSTATES:
-        if name in DIGEST_HEX_LEN:
-            return Dir(Level.HASHSTATE_ALG, d.repository, d.upload_id, alg=name)
-        return UNKNOWN_DIR
-    if lvl == Level.REPOSITORIES:
-        if (_NAME_COMPONENT.fullmatch(name) or _DOMAIN_COMPONENT.fullmatch(name)) and len(name) <= _NAME_TOTAL_MAX:
-            return Dir(Level.REPO, name)
-        return UNKNOWN_DIR
-    if lvl == Level.STORE_ROOT:
-        return Dir(Level.DOCKER) if name == "docker" else UNKNOWN_DIR
-    if lvl == Level.DOCKER:
-        return Dir(Level.REGISTRY) if name == "registry" else UNKNOWN_DIR
-    if lvl == Level.REGISTRY:
-        return Dir(Level.V2) if name == "v2" else UNKNOWN_DIR
-    if lvl == Level.V2:
-        if name == "blobs":
-            return Dir(Level.BLOBS)
-        if name == "repositories":
-            return Dir(Level.REPOSITORIES)
-        return UNKNOWN_DIR
-    if lvl == Level.BLOBS:
-        return Dir(Level.BLOB_ALG, alg=name) if name in DIGEST_HEX_LEN else UNKNOWN_DIR
-    if lvl == Level.BLOB_ALG:
-        if len(name) == 2 and _HEX.fullmatch(name):
-            return Dir(Level.BLOB_PREFIX, alg=d.alg, hex=name)
-        return UNKNOWN_DIR
-    if lvl == Level.BLOB_PREFIX:
-        if _is_digest_hex(d.alg, name) and name.startswith(d.hex or "?"):
-            return Dir(Level.BLOB_DIR, alg=d.alg, hex=name)
-        return UNKNOWN_DIR
-    if lvl == Level.LAYERS:
-        return Dir(Level.LAYER_ALG, d.repository, alg=name) if name in DIGEST_HEX_LEN else UNKNOWN_DIR
-    if lvl == Level.LAYER_ALG:
-        return Dir(Level.LAYER_DIR, d.repository, alg=d.alg, hex=name) if _is_digest_hex(d.alg, name) else UNKNOWN_DIR
-    if lvl == Level.MANIFESTS:
-        if name == "revisions":
-            return Dir(Level.REVISIONS, d.repository)
-        if name == "tags":
-            return Dir(Level.TAGS, d.repository)
-        return UNKNOWN_DIR
-    if lvl == Level.REVISIONS:
-        return Dir(Level.REVISION_ALG, d.repository, alg=name) if name in DIGEST_HEX_LEN else UNKNOWN_DIR
-    if lvl == Level.REVISION_ALG:
-        if _is_digest_hex(d.alg, name):
-            return Dir(Level.REVISION_DIR, d.repository, alg=d.alg, hex=name)
-        return UNKNOWN_DIR
-    if lvl == Level.TAGS:
-        return Dir(Level.TAG_DIR, d.repository, tag=name) if _TAG.fullmatch(name) else UNKNOWN_DIR
-    if lvl == Level.TAG_DIR:
-        if name == "current":
-            return Dir(Level.TAG_CURRENT, d.repository, tag=d.tag)
-        if name == "index":
-            return Dir(Level.TAG_INDEX, d.repository, tag=d.tag)
-        return UNKNOWN_DIR
-    if lvl == Level.TAG_INDEX:
-        return Dir(Level.TAG_INDEX_ALG, d.repository, alg=name, tag=d.tag) if name in DIGEST_HEX_LEN else UNKNOWN_DIR
-    if lvl == Level.TAG_INDEX_ALG:
-        if _is_digest_hex(d.alg, name):
-            return Dir(Level.TAG_INDEX_DIR, d.repository, alg=d.alg, hex=name, tag=d.tag)
-        return UNKNOWN_DIR
-    return UNKNOWN_DIR
+    step = _STEP.get(d.level)
+    return UNKNOWN_DIR if step is None else step(d, name)
 
 
 # File names that are data in a directory of the given level, and what they are.
