@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 
 from debris import layout
 from debris.inventory import SessionObservation, observe_session, repository_data
-from debris.layout import SAFE_KINDS, SESSION_DIR_LEVELS, Kind
+from debris.layout import SAFE_KINDS, SESSION_DIR_LEVELS, Kind, Level
 from debris.plan import Plan, PlanItem, PlannedFile, from_ns, judge_session
 from debris.policy import Policy, PolicyError, format_duration
 from debris.stores.base import (
     Capability,
     Changed,
+    FileInfo,
     MultipartUpload,
     NotFound,
     Removal,
@@ -427,3 +428,24 @@ def apply_plan(
         )
     result.errors = list(gate.problems.errors)
     return result
+
+
+def remove_probe_write(store: Store, key: str, info: FileInfo, created: list[str], probe_repo: str) -> None:
+    """The gate for the write-health probe's own cleanup: the one object it wrote (a member of an
+    upload session of the probe repository) and then, deepest first, the empty directories it made
+    for it. Raises GateViolation for anything else, StoreError if the store refuses."""
+    entry = layout.parse(key)
+    if entry.kind is not Kind.UPLOAD_SESSION or entry.repository != probe_repo:
+        raise GateViolation(f"{key} is not an upload session file of probe repository {probe_repo}")
+    store.remove_file(key, info)
+    for d in sorted(created, key=lambda k: -k.count("/")):
+        state = layout.parse_dir(d)
+        ours = (state.level in SESSION_DIR_LEVELS and state.upload_id == entry.upload_id) or (
+            state.level in (Level.UPLOADS, Level.REPO)
+            and state.repository is not None
+            and (probe_repo == state.repository or probe_repo.startswith(state.repository + "/"))
+            and (state.level is Level.REPO or state.repository == probe_repo)
+        )
+        if not ours:
+            raise GateViolation(f"{d} is not a directory the probe made for {key}")
+        store.remove_empty_dir(d)

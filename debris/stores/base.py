@@ -46,6 +46,22 @@ class StoreFull(StoreError):
     """The store refuses writes because it is out of space or quota."""
 
 
+class StoreReadOnly(StoreError):
+    """The store refuses writes because it is read-only (EROFS, a read-only policy)."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not answer in time."""
+
+
+class StoreAuth(StoreError):
+    """The store refused the credentials."""
+
+
+class StoreThrottled(StoreError):
+    """The store kept answering "slow down" / 503 through every retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     """What a store reports about one file. ``mtime_ns`` is the modification time (S3: LastModified)."""
@@ -241,6 +257,15 @@ class Store(ABC):
     def request_counts(self) -> dict[str, int] | None:
         """API calls made so far, by operation, for stores that are billed per request."""
         return None
+
+    def write_new(self, key: str, data: bytes, created: list[str]) -> FileInfo:
+        """Create a new small file (never overwrite) and return its info; every directory made for
+        it is appended to ``created`` as it is made, so a failure still says what to remove.
+        The write-health probe's only write: a store may be 100% full, and this is how debris
+        finds out. Raises StoreFull, StoreReadOnly, StoreTimeout, StoreThrottled, StoreAuth or
+        StoreError.
+        """
+        raise StoreError(f"{self.url} cannot be written to")
 
     def remove_empty_dir(self, key: str) -> bool:
         """Remove directory ``key`` if it is empty; return False if it is not empty or gone.

@@ -23,7 +23,10 @@ from debris.stores.base import (
     NotFound,
     S,
     Store,
+    StoreAuth,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
     WalkProblems,
 )
 
@@ -65,6 +68,18 @@ def _read_some(dir_fd, key, state, files, read, problems) -> dict[str, bytes] | 
             except (OSError, Changed) as e:
                 problems.errors.append(f"{key}/{name}: {getattr(e, 'strerror', None) or e}")
     return out
+
+
+def _write_error(key: str, e: OSError) -> StoreError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        err: StoreError = StoreFull(f"{key}: {e.strerror} (errno {errno.errorcode.get(e.errno, e.errno)})")
+    elif e.errno == errno.EROFS:
+        err = StoreReadOnly(f"{key}: {e.strerror}")
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        err = StoreAuth(f"{key}: {e.strerror}")
+    else:
+        err = StoreError(f"{key}: {e.strerror}")
+    return err
 
 
 class LocalStore(Store):
@@ -261,6 +276,39 @@ class LocalStore(Store):
             except OSError as e:
                 raise StoreError(f"{key}: {e.strerror}") from None
             return current.size
+        finally:
+            os.close(fd)
+
+    def write_new(self, key: str, data: bytes, created: list[str]) -> FileInfo:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"refusing unclean key {key!r}")
+        fd = os.dup(self._root_fd)
+        try:
+            for n, p in enumerate(parts[:-1]):
+                try:
+                    os.mkdir(p, 0o755, dir_fd=fd)
+                    created.append("/".join(parts[: n + 1]))
+                except FileExistsError:
+                    pass
+                nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            ffd = os.open(
+                parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+            )
+            try:
+                os.write(ffd, data)
+                os.fsync(ffd)  # a full disk may only say so when the data has to land
+                info = _info(os.fstat(ffd))
+            except OSError:
+                os.close(ffd)
+                os.unlink(parts[-1], dir_fd=fd)  # our own half-written file, never anything else
+                raise
+            os.close(ffd)
+            return info
+        except OSError as e:
+            raise _write_error(key, e) from None
         finally:
             os.close(fd)
 

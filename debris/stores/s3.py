@@ -31,8 +31,11 @@ from debris.stores.base import (
     Removal,
     S,
     Store,
+    StoreAuth,
     StoreError,
     StoreFull,
+    StoreThrottled,
+    StoreTimeout,
     WalkProblems,
 )
 
@@ -64,18 +67,22 @@ def client_error(e: Exception, what: str) -> StoreError:
         if code == "NoSuchBucket":
             return StoreError(f"{what}: bucket does not exist ({msg})")
         if code in _AUTH_CODES:
-            return StoreError(f"{what}: access denied ({code}); check the credentials and the bucket policy")
-        if code in ("SlowDown", "503", "ServiceUnavailable", "RequestTimeout", "InternalError") or (status or 0) >= 500:
+            return StoreAuth(f"{what}: access denied ({code}); check the credentials and the bucket policy")
+        if code in ("SlowDown", "503", "ServiceUnavailable", "RequestTimeout"):
+            return StoreThrottled(f"{what}: store unavailable after retries ({code or status}: {msg})")
+        if code == "InternalError" or (status or 0) >= 500:
             return StoreError(f"{what}: store unavailable after retries ({code or status}: {msg})")
         return StoreError(f"{what}: {code or status}: {msg}")
     if isinstance(e, botocore.exceptions.NoCredentialsError):
         return StoreError(
             f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, or the registry config's accesskey"
         )
-    if isinstance(e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+    if isinstance(e, botocore.exceptions.ConnectTimeoutError):
+        return StoreTimeout(f"{what}: the endpoint did not answer in time ({e})")
+    if isinstance(e, botocore.exceptions.EndpointConnectionError):
         return StoreError(f"{what}: cannot reach the endpoint ({e}); check --endpoint-url")
     if isinstance(e, botocore.exceptions.ReadTimeoutError):
-        return StoreError(f"{what}: the store did not answer in time ({e})")
+        return StoreTimeout(f"{what}: the store did not answer in time ({e})")
     return StoreError(f"{what}: {e}")
 
 
@@ -375,6 +382,18 @@ class S3Store(Store):
         return sum(p.size for p in now)
 
     # -- deleting: only debris.apply calls these -------------------------------------------------
+
+    def write_new(self, key: str, data: bytes, created: list[str]) -> FileInfo:
+        # No directories to make. The key holds a fresh upload id, so it cannot exist already.
+        s3key = self._s3key(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=s3key, Body=data)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise client_error(e, f"write {key}") from None
+        info = self.stat(key)
+        if info is None:
+            raise StoreError(f"write {key}: the object is not there after a successful PUT")
+        return info
 
     def remove_file(self, key: str, expected: FileInfo) -> int:
         current = self.stat(key)
