@@ -23,6 +23,7 @@ class Exit(IntEnum):
     USAGE = 2  # bad flags or a policy refused without --force
     FAILURES = 3  # ran, but a delete failed or part of the store could not be read
     DEBRIS_FOUND = 4  # plan --detailed-exitcode: the plan is not empty
+    LOCK_HELD = 5  # --lock-file is held by another run: nothing was done
     INTERRUPTED = 130
 
 
@@ -102,6 +103,28 @@ BlobMultipartOpt = Annotated[
         "--blob-multipart-older-than",
         metavar="AGE",
         help="S3: incomplete multipart uploads onto blobs/…/data (failed copies) idle this long are debris (floor 1d).",
+    ),
+]
+LockOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--lock-file", metavar="PATH", help="Run only if no other debris run holds this lock (exit 5 if held)."
+    ),
+]
+MetricsOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--metrics-file",
+        metavar="PATH",
+        help="Write Prometheus textfile metrics of the run to PATH (atomically), e.g. for node_exporter.",
+    ),
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default): the report only; json: also one JSON line per item and error on stderr.",
     ),
 ]
 ForceOpt = Annotated[
@@ -332,8 +355,8 @@ def plan(
         raise typer.Exit(int(Exit.DEBRIS_FOUND))
 
 
-def _finish_apply(result, st, json_out: bool, rows: int) -> None:
-    from debris import render
+def _finish_apply(result, st, json_out: bool, rows: int, log_format: str = "text") -> None:
+    from debris import ops, render
 
     if json_out:
         data = result.to_json()
@@ -342,10 +365,62 @@ def _finish_apply(result, st, json_out: bool, rows: int) -> None:
         render.dump_json(data)
     else:
         typer.echo(render.apply_text(result, rows))
+    ops.log_events(result, log_format)
     if result.interrupted:
         raise typer.Exit(int(Exit.INTERRUPTED))
     if result.failed:
         raise typer.Exit(int(Exit.FAILURES))
+
+
+class _Run:
+    """What an unattended run reports about itself: filled in as the run goes."""
+
+    store_url = "unknown"
+    result = None
+
+
+@contextlib.contextmanager
+def _unattended(command: str, lock_file: str | None, metrics_file: str | None, log_format: str):
+    """Hold the lock, and write the metrics file however the run ends (except when locked out)."""
+    import time
+
+    from debris import ops
+
+    if log_format not in ("text", "json"):
+        raise _fail(Exit.USAGE, f"--log-format {log_format!r}: use text or json")
+    run = _Run()
+    started = time.monotonic()
+    try:
+        lock = ops.hold_lock(lock_file)
+        lock.__enter__()
+    except ops.LockHeld as e:
+        raise _fail(Exit.LOCK_HELD, f"{e}; nothing done") from None
+    except OSError as e:
+        raise _fail(Exit.ERROR, f"--lock-file {lock_file}: {e.strerror}") from None
+    code = 0
+    try:
+        yield run
+    except typer.Exit as e:
+        code = e.exit_code
+        raise
+    except BaseException:
+        code = int(Exit.ERROR)
+        raise
+    finally:
+        try:
+            if metrics_file:
+                ops.write_metrics(
+                    metrics_file,
+                    command=command,
+                    store_url=run.store_url,
+                    result=run.result,
+                    duration=time.monotonic() - started,
+                    exit_code=code,
+                )
+        except OSError as e:
+            raise _fail(Exit.ERROR, f"--metrics-file {metrics_file}: {e.strerror}") from None
+        finally:
+            lock.__exit__(None, None, None)
 
 
 @app.command()
@@ -374,6 +449,9 @@ def apply(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    lock_file: LockOpt = None,
+    metrics_file: MetricsOpt = None,
+    log_format: LogFormatOpt = "text",
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
 ) -> None:
@@ -383,23 +461,25 @@ def apply(
     from debris.apply import apply_plan
     from debris.plan import Plan, PlanFormatError
 
-    with _errors():
-        try:
-            if planfile == "-":
-                raw = json.load(sys.stdin)
-            else:
-                with open(planfile, encoding="utf-8") as f:
-                    raw = json.load(f)
-        except OSError as e:
-            raise _fail(Exit.ERROR, f"cannot read plan {planfile}: {e.strerror}") from None
-        except ValueError as e:
-            raise PlanFormatError(f"{planfile} is not JSON: {e}") from None
-        the_plan = Plan.from_json(raw)
-        endpoint = endpoint_url or (None if registry_config else _planned_endpoint(the_plan))
-        spec = store or (None if registry_config else the_plan.store_url)
-        st = _open(spec, registry_config, endpoint, region, profile, ca_bundle, no_verify_tls)
-        result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
-    _finish_apply(result, st, json_out, rows)
+    with _unattended("apply", lock_file, metrics_file, log_format) as run:
+        with _errors():
+            try:
+                if planfile == "-":
+                    raw = json.load(sys.stdin)
+                else:
+                    with open(planfile, encoding="utf-8") as f:
+                        raw = json.load(f)
+            except OSError as e:
+                raise _fail(Exit.ERROR, f"cannot read plan {planfile}: {e.strerror}") from None
+            except ValueError as e:
+                raise PlanFormatError(f"{planfile} is not JSON: {e}") from None
+            the_plan = Plan.from_json(raw)
+            run.store_url = the_plan.store_url
+            endpoint = endpoint_url or (None if registry_config else _planned_endpoint(the_plan))
+            spec = store or (None if registry_config else the_plan.store_url)
+            st = _open(spec, registry_config, endpoint, region, profile, ca_bundle, no_verify_tls)
+            run.result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
+        _finish_apply(run.result, st, json_out, rows, log_format)
 
 
 def _planned_endpoint(the_plan) -> str | None:
@@ -424,20 +504,25 @@ def clean(
     blob_multipart_older_than: BlobMultipartOpt = "7d",
     force: ForceOpt = False,
     confirm: Annotated[bool, typer.Option("--confirm", help="Really delete. Without it, a dry run.")] = False,
+    lock_file: LockOpt = None,
+    metrics_file: MetricsOpt = None,
+    log_format: LogFormatOpt = "text",
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
 ) -> None:
     """Plan and apply in one step (for cron): every item still passes the delete gate."""
     from debris.apply import apply_plan
 
-    with _errors():
-        _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
-        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
-        policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
-        the_plan, _ = _make_plan(st, policy)
-        result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
-    result.errors[:0] = the_plan.errors
-    _finish_apply(result, st, json_out, rows)
+    with _unattended("clean", lock_file, metrics_file, log_format) as run:
+        with _errors():
+            _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
+            st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+            run.store_url = st.url
+            policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
+            the_plan, _ = _make_plan(st, policy)
+            run.result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
+        run.result.errors[:0] = the_plan.errors
+        _finish_apply(run.result, st, json_out, rows, log_format)
 
 
 def _version(value: bool) -> None:
