@@ -121,7 +121,7 @@ def plan_text(plan: Plan, now: datetime, rows: int = DEFAULT_ROWS) -> str:
                 i.kind.value,
                 i.repository or "-",
                 (i.upload_id or i.paths[0].rsplit("/", 1)[-1])[:36],
-                len(i.files),
+                f"{len(i.files)}" + (f" + {len(i.multiparts)} multipart" if i.multiparts else ""),
                 size(i.bytes),
                 ago(i.last_activity, now),
                 ",".join(i.flags),
