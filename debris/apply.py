@@ -430,14 +430,16 @@ def apply_plan(
     return result
 
 
-def remove_probe_write(store: Store, key: str, info: FileInfo, created: list[str], probe_repo: str) -> None:
+def remove_probe_write(store: Store, key: str, info: FileInfo | None, created: list[str], probe_repo: str) -> None:
     """The gate for the write-health probe's own cleanup: the one object it wrote (a member of an
-    upload session of the probe repository) and then, deepest first, the empty directories it made
-    for it. Raises GateViolation for anything else, StoreError if the store refuses."""
+    upload session of the probe repository; ``info`` None when the write itself failed) and then,
+    deepest first, the empty directories it made for it. Raises GateViolation for anything else,
+    StoreError if the store refuses."""
     entry = layout.parse(key)
     if entry.kind is not Kind.UPLOAD_SESSION or entry.repository != probe_repo:
         raise GateViolation(f"{key} is not an upload session file of probe repository {probe_repo}")
-    store.remove_file(key, info)
+    if info is not None:
+        store.remove_file(key, info)
     for d in sorted(created, key=lambda k: -k.count("/")):
         state = layout.parse_dir(d)
         ours = (state.level in SESSION_DIR_LEVELS and state.upload_id == entry.upload_id) or (

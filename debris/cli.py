@@ -525,6 +525,131 @@ def clean(
         _finish_apply(run.result, st, json_out, rows, log_format)
 
 
+@app.command()
+def probe(
+    store: StoreArg = None,
+    registry_config: ConfigOpt = None,
+    registry: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--registry", metavar="URL", help="The registry to probe, e.g. http://127.0.0.1:5000 (https:// by default)."
+        ),
+    ] = None,
+    username: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--username", metavar="USER", envvar="DEBRIS_REGISTRY_USERNAME", help="Registry user (basic or token auth)."
+        ),
+    ] = None,
+    password: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--password",
+            metavar="PASSWORD",
+            envvar="DEBRIS_REGISTRY_PASSWORD",
+            help="Registry password (prefer the env var).",
+        ),
+    ] = None,
+    probe_repo: Annotated[
+        str,
+        typer.Option(
+            "--probe-repo",
+            metavar="NAME",
+            help="Repository the probe's uploads go to; clean its leftovers with `clean --probe-repo NAME`.",
+        ),
+    ] = "debris-probe",
+    timeout: Annotated[
+        str,
+        typer.Option("--timeout", metavar="DURATION", help="Bound on the whole probe run (all targets, all requests)."),
+    ] = "5s",
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
+    json_out: JsonOpt = False,
+    serve: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--serve",
+            metavar="ADDR",
+            help="Serve /healthz/read and /healthz/write (200 healthy, 503 not) on HOST:PORT until SIGTERM.",
+        ),
+    ] = None,
+    interval: Annotated[
+        str, typer.Option("--interval", metavar="DURATION", help="--serve: probe again this often.")
+    ] = "30s",
+) -> None:
+    """Write-health probe: can the registry and its store take one more byte? Exit 10-15 name the failure."""
+    import signal
+    import ssl
+    import threading
+
+    from debris import layout
+    from debris import probe as probing
+    from debris.policy import parse_duration
+
+    with _errors():
+        if not (store or registry_config or registry):
+            raise _fail(Exit.USAGE, "probe needs a target: STORE, --registry-config FILE and/or --registry URL")
+        if not layout.is_valid_repository(probe_repo):
+            raise _fail(Exit.USAGE, f"--probe-repo {probe_repo!r} is not a valid repository name")
+        limit = parse_duration(timeout).total_seconds()
+        every = parse_duration(interval).total_seconds()
+        if limit <= 0 or every <= 0:
+            raise _fail(Exit.USAGE, "--timeout and --interval must be at least 1s")
+        if password is not None and username is None:
+            raise _fail(Exit.USAGE, "--password needs --username")
+        target = None
+        if registry:
+            try:
+                url = probing.normalize_registry_url(registry)
+            except ValueError as e:
+                raise _fail(Exit.USAGE, str(e)) from None
+            context = None
+            if url.startswith("https://"):
+                context = ssl.create_default_context(cafile=ca_bundle)
+                if no_verify_tls:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            target = probing.RegistryTarget(url, username, password, context)
+        opener = None
+        if store or registry_config:
+
+            def opener():
+                return _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+
+        label = store or f"--registry-config {registry_config}"
+        prober = probing.Prober(target, opener, probe_repo, limit, label)
+        if serve:
+            try:
+                server = probing.HealthServer(serve, prober)
+            except ValueError as e:
+                raise _fail(Exit.USAGE, str(e)) from None
+            except OSError as e:
+                raise _fail(Exit.ERROR, f"cannot listen on {serve}: {e.strerror or e}") from None
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            try:
+                server.refresh()  # a StoreSpecError surfaces here, before anything is served
+                server.start()
+                typer.echo(f"debris probe: serving http://{server.address}/healthz/read and /healthz/write", err=True)
+                probing.serve(server, every, stop, lambda line: typer.echo(line, err=True))
+            finally:
+                server.close()
+            return
+        report = prober.run()
+    if json_out:
+        from debris import render
+
+        render.dump_json(report.to_json())
+    else:
+        typer.echo(probing.report_text(report))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"debris {__version__}")
