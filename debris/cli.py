@@ -97,6 +97,9 @@ CaBundleOpt = Annotated[
     str | None, typer.Option("--ca-bundle", metavar="FILE", help="CA bundle to verify the endpoint's TLS.")
 ]
 NoVerifyOpt = Annotated[bool, typer.Option("--no-verify-tls", help="Do not verify the endpoint's TLS certificate.")]
+PathStyleOpt = Annotated[
+    bool, typer.Option("--path-style", help="S3 path-style addressing (MinIO, most on-premises S3; rgw:// always).")
+]
 BlobMultipartOpt = Annotated[
     str,
     typer.Option(
@@ -166,11 +169,20 @@ def _open(
     profile=None,
     ca_bundle=None,
     no_verify_tls=False,
+    path_style=False,
 ):
     from debris.stores import open_store
 
     verify = False if no_verify_tls else ca_bundle
-    return open_store(store, registry_config, endpoint_url=endpoint_url, region=region, profile=profile, verify=verify)
+    return open_store(
+        store,
+        registry_config,
+        endpoint_url=endpoint_url,
+        region=region,
+        profile=profile,
+        verify=verify,
+        path_style=path_style or None,  # None: keep what the registry config says
+    )
 
 
 def _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than="7d"):
@@ -281,6 +293,7 @@ def scan(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     by_repo: Annotated[bool, typer.Option("--by-repo", help="Also break totals down per repository.")] = False,
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
@@ -289,7 +302,7 @@ def scan(
     from debris import inventory, render
 
     with _errors():
-        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls, path_style)
         report = inventory.scan(st, by_repository=by_repo, progress=_walk_progress())
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
@@ -313,6 +326,7 @@ def plan(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     older_than: OlderOpt = "24h",
     probe_repo: ProbeRepoOpt = None,
     probe_older_than: ProbeOlderOpt = "10m",
@@ -334,7 +348,7 @@ def plan(
 
     with _errors():
         _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
-        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls, path_style)
         policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
         if out and out != "-":
             _check_out_path(out, st)
@@ -449,6 +463,7 @@ def apply(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     lock_file: LockOpt = None,
     metrics_file: MetricsOpt = None,
     log_format: LogFormatOpt = "text",
@@ -477,7 +492,7 @@ def apply(
             run.store_url = the_plan.store_url
             endpoint = endpoint_url or (None if registry_config else _planned_endpoint(the_plan))
             spec = store or (None if registry_config else the_plan.store_url)
-            st = _open(spec, registry_config, endpoint, region, profile, ca_bundle, no_verify_tls)
+            st = _open(spec, registry_config, endpoint, region, profile, ca_bundle, no_verify_tls, path_style)
             run.result = apply_plan(st, the_plan, confirm=confirm, force=force, progress=_progress())
         _finish_apply(run.result, st, json_out, rows, log_format)
 
@@ -497,6 +512,7 @@ def clean(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     older_than: OlderOpt = "24h",
     probe_repo: ProbeRepoOpt = None,
     probe_older_than: ProbeOlderOpt = "10m",
@@ -516,7 +532,7 @@ def clean(
     with _unattended("clean", lock_file, metrics_file, log_format) as run:
         with _errors():
             _policy(None, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
-            st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+            st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls, path_style)
             run.store_url = st.url
             policy = _policy(st, older_than, probe_repo, probe_older_than, include, force, blob_multipart_older_than)
             the_plan, _ = _make_plan(st, policy)
@@ -567,6 +583,7 @@ def probe(
     profile: ProfileOpt = None,
     ca_bundle: CaBundleOpt = None,
     no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     json_out: JsonOpt = False,
     serve: Annotated[
         Optional[str],  # noqa: UP045
@@ -617,7 +634,9 @@ def probe(
         if store or registry_config:
 
             def opener():
-                return _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls)
+                return _open(
+                    store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls, path_style
+                )
 
         label = store or f"--registry-config {registry_config}"
         prober = probing.Prober(target, opener, probe_repo, limit, label)

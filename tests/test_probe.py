@@ -699,7 +699,8 @@ def test_frozen_registry_is_hung_within_the_timeout(tmp_path):
         uid = doc["registry"]["upload_uuid"]
         sessions = _probe_sessions(tree.root)
         assert sessions[uid] == ["hashstates/sha256/0"]
-        assert all(files == ["hashstates/sha256/0"] for files in sessions.values()), sessions
+        # (the frozen run's own POST may be served only after the thaw, and nobody cancels it: a whole
+        # session of the probe repository, which the clean below removes like the hashstate leftovers)
         # ... which are ordinary stale sessions of the probe repository for `clean --probe-repo`.
         time.sleep(1.1)
         clean = debris(
