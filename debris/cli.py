@@ -669,6 +669,37 @@ def probe(
         raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def audit(
+    store: StoreArg = None,
+    registry_config: ConfigOpt = None,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged", help="As garbage-collect -m: manifests no tag (or kept index) reaches go too."
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+    rows: RowsOpt = 50,
+) -> None:
+    """What garbage collection would delete and free (read-only; local filesystem stores only for now)."""
+    from debris import audit as auditing
+    from debris import render
+    from debris.stores.base import Capability
+
+    with _errors():
+        st = _open(store, registry_config)
+        if Capability.DIRECTORIES not in st.capabilities:
+            raise _fail(Exit.ERROR, f"{st.url}: audit supports local filesystem stores only in this version")
+        result = auditing.run(st, delete_untagged, progress=_walk_progress())
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+    if json_out:
+        render.dump_json(result.to_json())
+    else:
+        typer.echo(auditing.text(result, st.url, rows))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"debris {__version__}")
