@@ -738,3 +738,31 @@ def _shift_times(path: str | os.PathLike[str], seconds: float) -> None:
     st = os.lstat(path)
     delta = int(seconds * 1e9)
     os.utime(path, ns=(st.st_atime_ns - delta, st.st_mtime_ns - delta), follow_symlinks=False)
+
+
+def push_sample_images(c: RegistryClient, *, chunk_size: int = 7000) -> list[tuple[str, str]]:
+    """The image mix the end-to-end tests push; returns (repository, tag) of each.
+
+    Docker schema2 with monolithic uploads; OCI with chunked uploads into a nested repository
+    name; two repositories sharing a layer; a multi-arch OCI index over children pushed by digest.
+    """
+    shared = make_layer("shared", b"shared layer" * 100)
+    c.push_image("library/alpine", "3.19", [make_layer("a1", b"alpine" * 500), shared])
+    c.push_image(
+        "team/sub/app", "v1", [make_layer("app", os.urandom(40_000))], kind="oci", chunked=True, chunk_size=chunk_size
+    )
+    c.push_image("shared/one", "latest", [shared, make_layer("one", b"one")])
+    c.push_image("shared/two", "latest", [shared, make_layer("two", b"two")], kind="oci")
+    children = []
+    for arch in ("amd64", "arm64"):
+        d = c.push_image("multi/arch", None, [make_layer(arch, arch.encode() * 300)], kind="oci", architecture=arch)
+        size = len(c.get_manifest("multi/arch", d).body)
+        children.append((d, size, MT_OCI_MANIFEST, {"os": "linux", "architecture": arch}))
+    c.push_index("multi/arch", "latest", children)
+    return [
+        ("library/alpine", "3.19"),
+        ("team/sub/app", "v1"),
+        ("shared/one", "latest"),
+        ("shared/two", "latest"),
+        ("multi/arch", "latest"),
+    ]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tmpfs import fill, mounted_tmpfs
 from treebuilder import make_tree, snapshot
 
 DAY = 86400
@@ -21,28 +22,10 @@ def debris(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "debris", *args], capture_output=True, text=True, timeout=300, **kw)
 
 
-def _can_mount() -> str | None:
-    if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
-    return None
-
-
 @pytest.fixture
 def full_tmpfs(tmp_path):
-    reason = _can_mount()
-    if reason:
-        pytest.skip(reason)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=4000", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.tmpfs
@@ -50,18 +33,7 @@ def test_plan_and_apply_on_a_store_with_zero_bytes_free(full_tmpfs, tmp_path):
     tree = make_tree(full_tmpfs / "root")
     tree.image("library/alpine")
     stale = [tree.session("library/alpine", age=3 * DAY, data=b"x" * 200_000)[0] for _ in range(3)]
-    # Fill every remaining byte, as a registry that cannot accept one more blob byte would see it.
-    with open(full_tmpfs / "filler", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-        try:
-            while True:
-                f.write(b"\0")
-        except OSError:
-            pass
+    fill(full_tmpfs)
     vfs = os.statvfs(full_tmpfs)
     assert vfs.f_bavail == 0
     with pytest.raises(OSError):

@@ -50,6 +50,7 @@ from registry import (
     make_layer,
     requires_registry_tools,
 )
+from tmpfs import fill, mounted_tmpfs
 from treebuilder import make_tree, snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -578,31 +579,8 @@ def test_store_probe_on_a_healthy_local_store_leaves_nothing(tmp_path):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=4000", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", size="4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path) -> None:
-    """Take every free byte, as a registry that cannot accept one more blob byte sees its disk."""
-    with open(mnt / "filler", "wb", buffering=0) as f:
-        for chunk in (65536, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError:
-                pass
-    assert os.statvfs(mnt).f_bavail == 0
 
 
 @pytest.mark.tmpfs

@@ -13,13 +13,13 @@ import sys
 import pytest
 
 from registry import (
-    MT_OCI_MANIFEST,
     RegistryClient,
     RegistryServer,
     abandon_upload,
     age_session,
     garbage_collect_dry_run,
     make_layer,
+    push_sample_images,
     requires_registry_tools,
     skopeo_copy_to_dir,
     upload_session_dir,
@@ -40,28 +40,7 @@ def world(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     with RegistryServer(rootdirectory=root, workdir=work) as reg:
         c = RegistryClient(reg.url)
-        images: list[tuple[str, str]] = []
-        shared = make_layer("shared", b"shared layer" * 100)
-        # Docker schema2, monolithic uploads
-        c.push_image("library/alpine", "3.19", [make_layer("a1", b"alpine" * 500), shared])
-        images.append(("library/alpine", "3.19"))
-        # OCI, chunked uploads, nested repository name
-        c.push_image(
-            "team/sub/app", "v1", [make_layer("app", os.urandom(40_000))], kind="oci", chunked=True, chunk_size=7000
-        )
-        images.append(("team/sub/app", "v1"))
-        # Two repositories sharing a layer
-        c.push_image("shared/one", "latest", [shared, make_layer("one", b"one")])
-        c.push_image("shared/two", "latest", [shared, make_layer("two", b"two")], kind="oci")
-        images += [("shared/one", "latest"), ("shared/two", "latest")]
-        # A multi-arch OCI index over two children pushed by digest
-        children = []
-        for arch in ("amd64", "arm64"):
-            d = c.push_image("multi/arch", None, [make_layer(arch, arch.encode() * 300)], kind="oci", architecture=arch)
-            size = len(c.get_manifest("multi/arch", d).body)
-            children.append((d, size, MT_OCI_MANIFEST, {"os": "linux", "architecture": arch}))
-        c.push_index("multi/arch", "latest", children)
-        images.append(("multi/arch", "latest"))
+        images = push_sample_images(c, chunk_size=7000)
 
         # Real debris: abandoned sessions (POST only; POST + PATCH), and a cancelled one, which 2.8
         # leaves as hashstates/sha256/0 with no startedat.

@@ -46,13 +46,13 @@ from botocore.exceptions import ClientError
 
 from ceph import CephCluster, requires_ceph
 from registry import (
-    MT_OCI_MANIFEST,
     RegistryClient,
     RegistryHTTPError,
     RegistryServer,
     abandon_upload,
     garbage_collect_dry_run,
     make_layer,
+    push_sample_images,
     requires_registry_tools,
     sha256_digest,
     skopeo_copy_to_dir,
@@ -181,28 +181,8 @@ def world(ceph, tmp_path_factory):
     t0 = time.monotonic()
     with registry_on(ceph, bucket, work) as reg:
         c = RegistryClient(reg.url)
-        images: list[tuple[str, str]] = []
-        shared = make_layer("shared", b"shared layer" * 100)
-        # Docker schema2, monolithic uploads
-        c.push_image("library/alpine", "3.19", [make_layer("a1", b"alpine" * 500), shared])
-        images.append(("library/alpine", "3.19"))
-        # OCI, chunked uploads (parts under 5 MiB: the driver completes and restarts), nested repository
-        c.push_image(
-            "team/sub/app", "v1", [make_layer("app", os.urandom(40_000))], kind="oci", chunked=True, chunk_size=15_000
-        )
-        images.append(("team/sub/app", "v1"))
-        # Two repositories sharing a layer
-        c.push_image("shared/one", "latest", [shared, make_layer("one", b"one")])
-        c.push_image("shared/two", "latest", [shared, make_layer("two", b"two")], kind="oci")
-        images += [("shared/one", "latest"), ("shared/two", "latest")]
-        # A multi-arch OCI index over two children pushed by digest
-        children = []
-        for arch in ("amd64", "arm64"):
-            d = c.push_image("multi/arch", None, [make_layer(arch, arch.encode() * 300)], kind="oci", architecture=arch)
-            size = len(c.get_manifest("multi/arch", d).body)
-            children.append((d, size, MT_OCI_MANIFEST, {"os": "linux", "architecture": arch}))
-        c.push_index("multi/arch", "latest", children)
-        images.append(("multi/arch", "latest"))
+        # parts under 5 MiB: the s3 driver completes and restarts the multipart upload on each chunk
+        images = push_sample_images(c, chunk_size=15000)
         pushed_at = time.monotonic() - t0
         # Complete pushes leave nothing in _uploads: no objects, no multipart uploads.
         assert multipart_uploads(s3, bucket) == {}
