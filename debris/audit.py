@@ -51,8 +51,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from debris import layout
+from debris.inventory import ScanCounter, ScanReport, every_directory
 from debris.layout import Dir, Kind, Level
-from debris.stores.base import Listing, Store, StoreError, WalkProblems
+from debris.stores.base import Listing, Store, StoreError
 
 #: distribution 2.8 refuses manifests over 4 MiB on PUT; anything bigger is not a manifest it wrote.
 MANIFEST_READ_LIMIT = 4 * 1024 * 1024
@@ -339,36 +340,7 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
 # The collector (I/O, through the Store interface only)
 # --------------------------------------------------------------------------------------------
 
-_WALKED = frozenset(
-    {
-        Level.STORE_ROOT,
-        Level.DOCKER,
-        Level.REGISTRY,
-        Level.V2,
-        Level.BLOBS,
-        Level.BLOB_ALG,
-        Level.BLOB_PREFIX,
-        Level.BLOB_DIR,
-        Level.REPOSITORIES,
-        Level.REPO,
-        Level.LAYERS,
-        Level.LAYER_ALG,
-        Level.LAYER_DIR,
-        Level.MANIFESTS,
-        Level.REVISIONS,
-        Level.REVISION_ALG,
-        Level.REVISION_DIR,
-        Level.TAGS,
-        Level.TAG_DIR,
-        Level.TAG_CURRENT,
-    }
-)
 _LINK_LEVELS = frozenset({Level.LAYER_DIR, Level.REVISION_DIR, Level.TAG_CURRENT})
-
-
-def _descend(parent: Dir, _key: str, name: str) -> Dir | None:
-    child = layout.descend(parent, name)
-    return child if child.level in _WALKED else None  # never _uploads, tag index history or unknown
 
 
 def _read_link(d: Dir, name: str) -> bool:
@@ -380,10 +352,14 @@ def blob_key(digest: str) -> str:
     return f"{layout.ROOT_PREFIX}/blobs/{alg}/{hx[:2]}/{hx}/data"
 
 
-def collect(store: Store, progress: Callable[[int], None] | None = None) -> Inventory:
-    """Walk the store once (blobs and repositories' links), then read the manifests."""
+def collect(
+    store: Store, progress: Callable[[int], None] | None = None, counter: ScanCounter | None = None
+) -> Inventory:
+    """Walk the store once, then read the manifests. The walk covers every path, so ``counter``
+    (when given) gets the ``debris scan`` totals from the same listings."""
     inv = Inventory()
-    problems = WalkProblems()
+    counter = counter or ScanCounter()
+    problems = counter.report.problems
 
     def repo(name: str) -> RepoLinks:
         r = inv.repositories.get(name)
@@ -401,10 +377,11 @@ def collect(store: Store, progress: Callable[[int], None] | None = None) -> Inve
                 return None
         return None if raw is None else raw.decode("ascii", "replace").strip()
 
-    walk = store.walk("", layout.STORE_ROOT, _descend, problems, None, _read_link)
+    walk = store.walk("", layout.STORE_ROOT, every_directory, problems, None, _read_link)
     for n, listing in enumerate(walk, 1):
         if progress:
             progress(n)
+        counter.add(listing)
         d = listing.state
         if d.level is Level.MANIFESTS:
             repo(d.repository)
@@ -449,11 +426,8 @@ def _read_manifests(store: Store, inv: Inventory) -> None:
             todo += parse_manifest(d, content).manifests
 
 
-def debris_totals(store: Store) -> dict:
+def debris_totals(r: ScanReport) -> dict:
     """The scan totals (``debris scan``): every class's files and bytes, sessions, unknown paths."""
-    from debris import inventory
-
-    r = inventory.scan(store)
     return {
         "totals": {k.value: {"count": t.count, "bytes": t.bytes} for k, t in sorted(r.by_class.items())},
         "sessions": len(r.sessions),
@@ -464,8 +438,10 @@ def debris_totals(store: Store) -> dict:
 
 
 def run(store: Store, delete_untagged: bool = False, progress: Callable[[int], None] | None = None) -> AuditResult:
-    result = audit(collect(store, progress), delete_untagged)
-    result.debris = debris_totals(store)
+    counter = ScanCounter()
+    result = audit(collect(store, progress, counter), delete_untagged)
+    counter.add_multiparts(store)
+    result.debris = debris_totals(counter.report)
     return result
 
 

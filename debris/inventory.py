@@ -364,40 +364,32 @@ class ScanReport:
         return sum(t.bytes for t in self.by_class.values())
 
 
-def scan(store: Store, by_repository: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
-    """Classify every path in the store and sum sizes per class (and per repository)."""
-    report = ScanReport()
-    totals: dict[Kind, ClassTotals] = report.by_class
-    repos = report.by_repository
-    unknown = report.unknown
+class ScanCounter:
+    """Classifies listings into a ScanReport; ``scan`` feeds it, and so can any full walk (audit)."""
 
-    def descend(parent: Dir, _key: str, name: str) -> Dir:
-        return layout.descend(parent, name)
+    def __init__(self, by_repository: bool = False):
+        self.report = ScanReport()
+        self.by_repository = by_repository
 
-    classify = layout.classify
-    sessions = report.sessions
-
-    def count(kind: Kind, repository: str | None, size: int) -> None:
-        t = totals.get(kind)
+    def count(self, kind: Kind, repository: str | None, size: int) -> None:
+        t = self.report.by_class.get(kind)
         if t is None:
-            t = totals[kind] = ClassTotals()
+            t = self.report.by_class[kind] = ClassTotals()
         t.count += 1
         t.bytes += size
-        if by_repository and repository is not None:
-            per = repos.setdefault(repository, {})
+        if self.by_repository and repository is not None:
+            per = self.report.by_repository.setdefault(repository, {})
             rt = per.get(kind)
             if rt is None:
                 rt = per[kind] = ClassTotals()
             rt.count += 1
             rt.bytes += size
 
-    for n, listing in enumerate(store.walk("", layout.STORE_ROOT, descend, report.problems, lambda d: True), 1):
-        if progress:
-            progress(n)
+    def add(self, listing: Listing[Dir]) -> None:
         d = listing.state
         if d.upload_id is not None:
-            sessions.add((d.repository, d.upload_id))
-        repo = d.repository
+            self.report.sessions.add((d.repository, d.upload_id))
+        classify, count, unknown = layout.classify, self.count, self.report.unknown
         for name, size, _mtime, _etag, regular in listing.files:
             if name == "":
                 kind = Kind.FOLDER_MARKER
@@ -405,14 +397,35 @@ def scan(store: Store, by_repository: bool = False, progress: Callable[[int], No
                 kind = classify(d, name)
             else:
                 kind = Kind.UNKNOWN
-            count(kind, repo, size)
+            count(kind, d.repository, size)
             if kind is Kind.UNKNOWN:
                 unknown.add(listing.file_key(name), size)
-    if Capability.MULTIPART_UPLOADS in store.capabilities:
-        uploads = list(store.list_multipart_uploads(layout.ROOT_PREFIX + "/", report.problems))
-        for mp in _fill_parts(store, [], uploads, report.problems):
+
+    def add_multiparts(self, store: Store) -> None:
+        """Incomplete multipart uploads are not objects: a walk never sees them."""
+        if Capability.MULTIPART_UPLOADS not in store.capabilities:
+            return
+        problems = self.report.problems
+        uploads = list(store.list_multipart_uploads(layout.ROOT_PREFIX + "/", problems))
+        for mp in _fill_parts(store, [], uploads, problems):
             e = layout.parse(mp.key)
             if e.upload_id is not None:
-                sessions.add((e.repository, e.upload_id))
-            count(Kind.MULTIPART_UPLOAD, e.repository, mp.bytes)
-    return report
+                self.report.sessions.add((e.repository, e.upload_id))
+            self.count(Kind.MULTIPART_UPLOAD, e.repository, mp.bytes)
+
+
+def every_directory(parent: Dir, _key: str, name: str) -> Dir:
+    """A ``descend`` that prunes nothing: every path gets classified."""
+    return layout.descend(parent, name)
+
+
+def scan(store: Store, by_repository: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
+    """Classify every path in the store and sum sizes per class (and per repository)."""
+    counter = ScanCounter(by_repository)
+    walk = store.walk("", layout.STORE_ROOT, every_directory, counter.report.problems, lambda d: True)
+    for n, listing in enumerate(walk, 1):
+        if progress:
+            progress(n)
+        counter.add(listing)
+    counter.add_multiparts(store)
+    return counter.report
