@@ -42,6 +42,17 @@ class UnknownReport:
     def truncated(self) -> bool:
         return self.count > len(self.sample)
 
+    def merge(self, other: UnknownReport) -> None:
+        self.count += other.count
+        self.bytes += other.bytes
+        self.unwalked_dirs += other.unwalked_dirs
+        self.sample += other.sample[: max(0, UNKNOWN_SAMPLE_LIMIT - len(self.sample))]
+
+
+def _merge_problems(into: WalkProblems, other: WalkProblems) -> None:
+    into.errors += other.errors
+    into.vanished += other.vanished
+
 
 @dataclass
 class SessionObservation:
@@ -229,6 +240,9 @@ def observe(
     flat = (lambda d: True) if want_temp_files else _uploads_flat
     if Capability.DELIMITER_LISTING in store.capabilities and not want_temp_files:
         listings = _walk_uploads_by_repository(store, descend, collector, obs.problems)
+    elif store.walk_processes > 1:
+        _fork_observe(store, collector, want_temp_files)
+        listings = iter(())
     else:
         listings = store.walk("", layout.STORE_ROOT, descend, obs.problems, flat, _startedat)
     for n, listing in enumerate(listings, 1):
@@ -248,6 +262,33 @@ def observe(
     for repo in probe_repos:
         obs.probe_repo_data[repo] = repository_data(store, repo, obs.problems)
     return obs
+
+
+def _pruning_for(collector: _Collector):
+    return _prune(
+        into_registry_data=collector.want_temp_files, into_unknown=False, on_unknown_dir=collector.unknown_dir
+    )
+
+
+def _fork_observe(store: Store, collector: _Collector, want_temp_files: bool) -> None:
+    """``observe``'s walk, with the repositories (and blob prefixes) dealt out to worker processes."""
+    from debris import forkwalk
+
+    obs = collector.obs
+    top, starts = forkwalk.split_walk(store, _pruning_for(collector), obs.problems, read=_startedat)
+    for listing in top:
+        collector.absorb(listing)
+    parts = forkwalk.fold(
+        store, starts, _pruning_for, lambda: _Collector(Observation(), want_temp_files), _Collector.absorb,
+        lambda c: c.obs.problems, store.walk_processes, read=_startedat,
+    )  # fmt: skip
+    for part in parts:
+        o = part.obs
+        obs.sessions.update(o.sessions)  # disjoint: a session lives below one repository directory
+        obs.temp_files += o.temp_files
+        obs.folder_markers += o.folder_markers
+        obs.unknown.merge(o.unknown)
+        _merge_problems(obs.problems, o.problems)
 
 
 def _walk_uploads_by_repository(store: Store, descend, collector: _Collector, problems: WalkProblems):
@@ -401,6 +442,20 @@ class ScanCounter:
             if kind is Kind.UNKNOWN:
                 unknown.add(listing.file_key(name), size)
 
+    def merge(self, other: ScanCounter) -> None:
+        for kind, t in other.report.by_class.items():
+            mine = self.report.by_class.setdefault(kind, ClassTotals())
+            mine.count += t.count
+            mine.bytes += t.bytes
+        for repo, per in other.report.by_repository.items():
+            for kind, t in per.items():
+                mine = self.report.by_repository.setdefault(repo, {}).setdefault(kind, ClassTotals())
+                mine.count += t.count
+                mine.bytes += t.bytes
+        self.report.sessions |= other.report.sessions
+        self.report.unknown.merge(other.report.unknown)
+        _merge_problems(self.report.problems, other.report.problems)
+
     def add_multiparts(self, store: Store) -> None:
         """Incomplete multipart uploads are not objects: a walk never sees them."""
         if Capability.MULTIPART_UPLOADS not in store.capabilities:
@@ -422,10 +477,23 @@ def every_directory(parent: Dir, _key: str, name: str) -> Dir:
 def scan(store: Store, by_repository: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
     """Classify every path in the store and sum sizes per class (and per repository)."""
     counter = ScanCounter(by_repository)
-    walk = store.walk("", layout.STORE_ROOT, every_directory, counter.report.problems, lambda d: True)
-    for n, listing in enumerate(walk, 1):
-        if progress:
-            progress(n)
-        counter.add(listing)
+    if store.walk_processes > 1:
+        from debris import forkwalk
+
+        top, starts = forkwalk.split_walk(store, every_directory, counter.report.problems)
+        for listing in top:
+            counter.add(listing)
+        parts = forkwalk.fold(
+            store, starts, lambda _c: every_directory, lambda: ScanCounter(by_repository), ScanCounter.add,
+            lambda c: c.report.problems, store.walk_processes,
+        )  # fmt: skip
+        for part in parts:
+            counter.merge(part)
+    else:
+        walk = store.walk("", layout.STORE_ROOT, every_directory, counter.report.problems, lambda d: True)
+        for n, listing in enumerate(walk, 1):
+            if progress:
+                progress(n)
+            counter.add(listing)
     counter.add_multiparts(store)
     return counter.report

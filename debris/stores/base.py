@@ -62,21 +62,17 @@ class StoreThrottled(StoreError):
     """The store kept answering "slow down" / 503 through every retry."""
 
 
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """What a store reports about one file. ``mtime_ns`` is the modification time (S3: LastModified)."""
+class FileInfo(NamedTuple):
+    """What a store reports about one file. ``mtime_ns`` is the modification time (S3: LastModified).
+
+    A NamedTuple: planning makes and (in forked walks) pickles one per session file.
+    """
 
     size: int
     mtime_ns: int
     etag: str | None = None
     regular: bool = True  # False: symlink, fifo, socket, device... never part of the layout
     is_dir: bool = False
-
-    def fingerprint(self) -> dict:
-        fp = {"size": self.size, "mtime_ns": self.mtime_ns}
-        if self.etag is not None:
-            fp["etag"] = self.etag
-        return fp
 
 
 #: One entry of a listing: (name, size, mtime_ns, etag or None, regular file?). Plain tuples: a scan
@@ -150,6 +146,8 @@ class Store(ABC):
     capabilities: frozenset[Capability] = frozenset()
     #: How many small reads (startedat, ListParts) are worth running at once: >1 for remote stores.
     parallel_reads: int = 1
+    #: How many processes may walk independent subtrees at once (debris.forkwalk); 1 = this one only.
+    walk_processes: int = 1
 
     @property
     @abstractmethod

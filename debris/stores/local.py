@@ -86,6 +86,8 @@ class LocalStore(Store):
     capabilities = frozenset({Capability.DIRECTORIES, Capability.FREE_SPACE})
 
     def __init__(self, root: str):
+        # The walk is interpreter-bound: split it over the cores (DEBRIS_WALK_PROCESSES=1 turns it off).
+        self.walk_processes = max(1, int(os.environ.get("DEBRIS_WALK_PROCESSES", min(2, os.cpu_count() or 1))))
         self.root = os.path.realpath(root)
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -1,0 +1,121 @@
+"""Walk independent subtrees of a local store in forked worker processes.
+
+A Python walk of a big store is CPU-bound in the interpreter (the system calls are cheap), and
+threads only contend for the GIL. So the subtrees below a few split levels (the blob prefix
+directories, the top-level repository directories) are dealt out to ``workers`` processes. Each
+folds its listings into its own accumulator, which comes back pickled; the caller merges them.
+Workers only read: every deletion stays in the parent, behind the gate.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from debris.layout import Dir, Level
+from debris.stores.base import Listing, Store, WalkProblems
+
+A = TypeVar("A")
+
+#: Directories whose children are independent subtrees worth dealing out.
+SPLIT_LEVELS = frozenset({Level.BLOB_ALG, Level.REPOSITORIES})
+
+
+def split_walk(
+    store: Store, descend: Callable[[Dir, str, str], Dir | None], problems: WalkProblems, **walk_options
+) -> tuple[Iterator[Listing[Dir]], list[tuple[str, Dir]]]:
+    """Walk the top of the store, stopping at the children of SPLIT_LEVELS.
+
+    Returns the top's listings (an iterator: consume it first) and, filled as it is consumed, the
+    subtrees left to walk: (key, state) pairs that ``descend`` already accepted.
+    """
+    starts: list[tuple[str, Dir]] = []
+
+    def stop_at_split(parent: Dir, key: str, name: str) -> Dir | None:
+        child = descend(parent, key, name)
+        if child is not None and parent.level in SPLIT_LEVELS:
+            starts.append((f"{key}/{name}" if key else name, child))
+            return None
+        return child
+
+    from debris import layout
+
+    return store.walk("", layout.STORE_ROOT, stop_at_split, problems, **walk_options), starts
+
+
+def fold(
+    store: Store,
+    starts: list[tuple[str, Dir]],
+    descend_for: Callable[[A], Callable[[Dir, str, str], Dir | None]],
+    make: Callable[[], A],
+    add: Callable[[A, Listing[Dir]], None],
+    problems_of: Callable[[A], WalkProblems],
+    workers: int,
+    **walk_options,
+) -> list[A]:
+    """Walk ``starts`` and fold every listing into accumulators: one per worker, the parent's first.
+
+    ``descend_for(acc)`` gives the ``descend`` for a walk feeding ``acc`` (a pruning callback may
+    record into its own accumulator).
+
+    With one worker (or few starts) everything runs here. A worker that dies is an error in the
+    parent's accumulator, never a silent gap.
+    """
+    groups = [starts[i::workers] for i in range(workers)] if workers > 1 and len(starts) > 1 else [starts]
+    children: list[tuple[int, int]] = []
+    for group in groups[1:]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # worker: walk, fold, send, and leave without running the parent's cleanup
+            status = 0
+            try:
+                os.close(r)
+                acc = make()
+                _walk_into(store, group, descend_for(acc), acc, add, problems_of, walk_options)
+                payload = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as e:
+                payload = pickle.dumps(RuntimeError(f"walk worker failed: {e!r}"))
+                status = 1
+            try:
+                with os.fdopen(w, "wb") as out:
+                    out.write(struct.pack("!Q", len(payload)))
+                    out.write(payload)
+            finally:
+                os._exit(status)
+        os.close(w)
+        children.append((pid, r))
+    mine = make()
+    results = [mine]
+    try:
+        _walk_into(store, groups[0], descend_for(mine), mine, add, problems_of, walk_options)
+    finally:
+        for pid, r in children:
+            got = _receive(r, pid)
+            if isinstance(got, BaseException):
+                problems_of(mine).errors.append(str(got))
+            else:
+                results.append(got)
+    return results
+
+
+def _walk_into(store, group, descend, acc, add, problems_of, walk_options) -> None:
+    problems = problems_of(acc)
+    for key, state in group:
+        for listing in store.walk(key, state, descend, problems, **walk_options):
+            add(acc, listing)
+
+
+def _receive(r: int, pid: int) -> object:
+    with os.fdopen(r, "rb") as f:
+        head = f.read(8)
+        data = f.read(struct.unpack("!Q", head)[0]) if len(head) == 8 else b""
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        return RuntimeError(f"walk worker {pid} ended without a result (status {status})")
+    try:
+        return pickle.loads(data)
+    except Exception as e:
+        return RuntimeError(f"walk worker {pid} sent an unreadable result: {e}")

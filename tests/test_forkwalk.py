@@ -1,0 +1,82 @@
+"""Walking in forked workers must see exactly what one process sees, and fail loudly."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+
+import pytest
+
+from debris import inventory
+from debris.plan import make_plan, needs_startedat
+from debris.policy import Policy, parse_include
+from debris.stores.local import LocalStore
+
+from treebuilder import make_tree
+
+DAY = 86400
+
+
+@pytest.fixture
+def tree(tmp_path):
+    t = make_tree(tmp_path / "root")
+    for n in range(12):
+        t.image(f"team{n % 3}/app{n}")
+        t.session(f"team{n % 3}/app{n}", age=3 * DAY)
+        t.session(f"team{n % 3}/app{n}", age=60)
+    (t.v2 / "repositories" / "Bad").mkdir()
+    (t.v2 / "stray").write_text("x")
+    blob_dir = next(p for p in (t.v2 / "blobs").rglob("data")).parent
+    (blob_dir / "data.0b1c2d3e-1111-4222-8333-444455556666.tmp").write_bytes(b"t")
+    return t
+
+
+def _store(root, processes: int, monkeypatch) -> LocalStore:
+    monkeypatch.setenv("DEBRIS_WALK_PROCESSES", str(processes))
+    return LocalStore(str(root))
+
+
+def _scan(store):
+    r = inventory.scan(store, by_repository=True)
+    return (
+        {k: (t.count, t.bytes) for k, t in r.by_class.items()},
+        {repo: {k: (t.count, t.bytes) for k, t in per.items()} for repo, per in r.by_repository.items()},
+        r.sessions,
+        (r.unknown.count, r.unknown.bytes, sorted(r.unknown.sample)),
+        r.problems.errors,
+    )
+
+
+def _plan(store, policy):
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    obs = inventory.observe(store, want_temp_files=True, worth_detail=needs_startedat(policy, now))
+    data = make_plan(obs, policy, now, store.url, store.identity()).to_json()
+    data["unknown"]["paths"].sort()
+    return json.dumps(data, sort_keys=True)
+
+
+def test_two_processes_see_what_one_sees(tree, monkeypatch):
+    one, two = _store(tree.root, 1, monkeypatch), _store(tree.root, 2, monkeypatch)
+    assert one.walk_processes == 1 and two.walk_processes == 2
+    assert _scan(one) == _scan(two)
+    policy = Policy(include=parse_include("upload_session,temp_file"))
+    assert _plan(one, policy) == _plan(two, policy)
+    plan = json.loads(_plan(two, policy))
+    assert len([i for i in plan["items"] if i["class"] == "upload_session"]) == 24  # "now" is 2030: all stale
+    assert len([i for i in plan["items"] if i["class"] == "temp_file"]) == 1
+
+
+def test_a_failing_worker_is_an_error_not_a_gap(tree, monkeypatch):
+    store = _store(tree.root, 2, monkeypatch)
+    parent = os.getpid()
+    real_walk = LocalStore.walk
+
+    def walk_that_dies_in_the_worker(self, *args, **kwargs):
+        if os.getpid() != parent:
+            raise OSError(5, "Input/output error")
+        return real_walk(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "walk", walk_that_dies_in_the_worker)
+    report = inventory.scan(store)
+    assert any("walk worker failed" in e and "Input/output error" in e for e in report.problems.errors)
