@@ -134,12 +134,6 @@ class Entry:
     def in_session(self) -> bool:
         return self.upload_id is not None
 
-    def session_dir(self) -> str:
-        """Key of the session directory this entry belongs to."""
-        if self.repository is None or self.upload_id is None:
-            raise ValueError(f"{self.key!r} is not part of an upload session")
-        return session_dir_key(self.repository, self.upload_id)
-
 
 def session_dir_key(repository: str, upload_id: str) -> str:
     return f"{ROOT_PREFIX}/repositories/{repository}/{RESERVED_UPLOADS}/{upload_id}"
@@ -151,10 +145,6 @@ def is_valid_repository(name: str) -> bool:
         return False
     first_ok = _NAME_COMPONENT.fullmatch(parts[0]) or _DOMAIN_COMPONENT.fullmatch(parts[0])
     return bool(first_ok) and all(_NAME_COMPONENT.fullmatch(p) for p in parts[1:])
-
-
-def is_valid_tag(name: str) -> bool:
-    return _TAG.fullmatch(name) is not None
 
 
 def is_upload_id(name: str) -> bool:

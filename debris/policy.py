@@ -104,13 +104,6 @@ class Policy:
             )
         return self
 
-    def needs_force(self) -> bool:
-        return (
-            self.older_than < MIN_OLDER_THAN
-            or (bool(self.probe_repos) and self.probe_older_than < MIN_PROBE_OLDER_THAN)
-            or self.blob_multipart_older_than < MIN_BLOB_MULTIPART_OLDER_THAN
-        )
-
     def threshold_for(self, repository: str | None) -> tuple[Kind, timedelta]:
         """The plan class and age threshold that apply to an upload session in ``repository``."""
         if repository in self.probe_repos:

@@ -80,9 +80,6 @@ EXIT_CODES: dict[Health, int] = {
     Health.ERROR: 15,
 }
 
-#: Classes read health can take.
-READ_CLASSES = (Health.HEALTHY, Health.HUNG, Health.UNAUTHORIZED, Health.ERROR)
-
 #: When targets disagree, the first unhealthy class in this order is the overall one: the most
 #: specific cause first, so a store that says "full" explains a registry that says "500".
 WRITE_PRECEDENCE = (
@@ -633,9 +630,11 @@ def probe_store(open_store: Callable[[], Store], repo: str, result: StoreResult)
         result.url = st.url
         key = probe_key(repo, str(uuid_mod.uuid4()))
         result.key = key
-        if Capability.FREE_SPACE in st.capabilities and hasattr(st, "free_space"):
-            with contextlib.suppress(OSError):
+        if Capability.FREE_SPACE in st.capabilities:
+            try:
                 result.free = st.free_space()
+            except (OSError, StoreError) as e:  # informational: shown, never hides the write check
+                result.free = {"error": str(e)}
         result.step = f"stat {key}"
         try:
             if st.stat(key) is not None:
@@ -669,7 +668,8 @@ def probe_store(open_store: Callable[[], Store], repo: str, result: StoreResult)
         result.write = Check(Health.HEALTHY, f"wrote and removed {len(data)} bytes at {repo}/_uploads/{where}")
     finally:
         result.step = "close"
-        with contextlib.suppress(Exception):
+        # The verdict is already made; releasing a descriptor or connection cannot change it.
+        with contextlib.suppress(OSError, StoreError):
             st.close()
 
 
@@ -818,6 +818,8 @@ def run_probe(
 def _free_text(free: dict | None) -> str:
     if not free:
         return ""
+    if "error" in free:
+        return f"free space unknown: {free['error']}"
     import humanize
 
     return (

@@ -72,7 +72,6 @@ class FileInfo(NamedTuple):
     mtime_ns: int
     etag: str | None = None
     regular: bool = True  # False: symlink, fifo, socket, device... never part of the layout
-    is_dir: bool = False
 
 
 #: One entry of a listing: (name, size, mtime_ns, etag or None, regular file?). Plain tuples: a scan
@@ -251,6 +250,10 @@ class Store(ABC):
     def common_prefixes(self, prefix_key: str, delimiter: str, problems: WalkProblems) -> tuple[list[str], list[Entry]]:
         """Capability.DELIMITER_LISTING: the distinct key prefixes up to ``delimiter`` below ``prefix_key``."""
         raise StoreError(f"{self.url} cannot list by an arbitrary delimiter")
+
+    def free_space(self) -> dict:
+        """Capability.FREE_SPACE: bytes_free, bytes_total, inodes_free, inodes_total."""
+        raise StoreError(f"{self.url} cannot tell its free space")
 
     def request_counts(self) -> dict[str, int] | None:
         """API calls made so far, by operation, for stores that are billed per request."""

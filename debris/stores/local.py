@@ -40,7 +40,7 @@ _S_ISREG = st_mod.S_ISREG
 
 def _info(st: os.stat_result) -> FileInfo:
     mode = st.st_mode
-    return FileInfo(st.st_size, st.st_mtime_ns, None, st_mod.S_ISREG(mode), st_mod.S_ISDIR(mode))
+    return FileInfo(st.st_size, st.st_mtime_ns, None, st_mod.S_ISREG(mode))
 
 
 def _read_at(dir_fd: int, name: str, limit: int) -> bytes:
