@@ -449,3 +449,14 @@ class MotoServer:
 
     def __repr__(self) -> str:
         return f"<MotoServer {self.endpoint} pid={self.pid}>"
+
+
+def debris_env(ceph: CephCluster | None) -> dict[str, str]:
+    """The environment for a debris subprocess: no stray AWS settings (nor instance-metadata
+    look-ups); the cluster's keys unless ``ceph`` is None."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    if ceph is not None:
+        env["AWS_ACCESS_KEY_ID"] = ceph.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = ceph.secret_key
+    return env

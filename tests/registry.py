@@ -766,3 +766,26 @@ def push_sample_images(c: RegistryClient, *, chunk_size: int = 7000) -> list[tup
         ("shared/two", "latest"),
         ("multi/arch", "latest"),
     ]
+
+
+def registry_on_rgw(ceph, bucket: str, workdir, rootdirectory: str = "registry") -> RegistryServer:
+    """A registry whose s3 driver points at a CephCluster's RGW, configured as people do for Ceph.
+
+    The bucket is created first (the driver does not create it). Returned unstarted: use ``with``.
+    """
+    ceph.s3_client().create_bucket(Bucket=bucket)
+    return RegistryServer(
+        s3={
+            "regionendpoint": ceph.endpoint,
+            "forcepathstyle": True,
+            "secure": False,
+            "v4auth": True,
+            "region": "us-east-1",
+            "bucket": bucket,
+            "rootdirectory": f"/{rootdirectory}",
+            "chunksize": 5242880,
+            "accesskey": ceph.access_key,
+            "secretkey": ceph.secret_key,
+        },
+        workdir=workdir,
+    )

@@ -46,16 +46,6 @@ def _new_bucket(s3, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    """One cluster for the whole module: bring-up is ~2 s, but there is no need to pay it per test."""
-    cluster = CephCluster.start(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="module")
 def rgw(ceph: CephCluster):
     return ceph.s3_client()
 

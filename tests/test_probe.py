@@ -41,13 +41,14 @@ from debris.stores.base import (
     StoreTimeout,
 )
 
-from ceph import CephCluster, requires_ceph
+from ceph import debris_env, requires_ceph
 from registry import (
     RegistryClient,
     RegistryHTTPError,
     RegistryServer,
     abandon_upload,
     make_layer,
+    registry_on_rgw,
     requires_registry_tools,
 )
 from tmpfs import fill, mounted_tmpfs
@@ -697,23 +698,6 @@ ROOTDIR = "registry"
 V2 = f"{ROOTDIR}/docker/registry/v2"
 
 
-@pytest.fixture(scope="module")
-def ceph(tmp_path_factory):
-    cluster = CephCluster.start(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def debris_env(ceph: CephCluster) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_EC2_METADATA_DISABLED="true", AWS_ACCESS_KEY_ID=ceph.access_key, AWS_SECRET_ACCESS_KEY=ceph.secret_key
-    )
-    return env
-
-
 def _probe_leftovers(s3, bucket: str) -> tuple[list[str], list[str]]:
     """startedat objects and open multipart uploads in the probe repository."""
     prefix = f"{V2}/repositories/{PROBE_REPO}/"
@@ -730,17 +714,9 @@ def _probe_leftovers(s3, bucket: str) -> tuple[list[str], list[str]]:
 def test_quota_incident_on_rgw(ceph, tmp_path):
     bucket = f"probe-{uuid.uuid4().hex[:8]}"
     s3 = ceph.s3_client(retries={"max_attempts": 1})
-    s3.create_bucket(Bucket=bucket)
     env = debris_env(ceph)
     store = f"rgw://{bucket}/{ROOTDIR}"
-    reg = RegistryServer(
-        s3={
-            "regionendpoint": ceph.endpoint, "forcepathstyle": True, "secure": False, "v4auth": True,
-            "region": "us-east-1", "bucket": bucket, "rootdirectory": f"/{ROOTDIR}", "chunksize": 5242880,
-            "accesskey": ceph.access_key, "secretkey": ceph.secret_key,
-        },
-        workdir=tmp_path / "reg",
-    )  # fmt: skip
+    reg = registry_on_rgw(ceph, bucket, tmp_path / "reg", ROOTDIR)
     with reg:
         both = ("probe", "--registry", reg.url, store, "--endpoint-url", ceph.endpoint, "--json")
         c = RegistryClient(reg.url)

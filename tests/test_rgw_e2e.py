@@ -44,15 +44,15 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from ceph import CephCluster, requires_ceph
+from ceph import debris_env, requires_ceph
 from registry import (
     RegistryClient,
     RegistryHTTPError,
-    RegistryServer,
     abandon_upload,
     garbage_collect_dry_run,
     make_layer,
     push_sample_images,
+    registry_on_rgw,
     requires_registry_tools,
     sha256_digest,
     skopeo_copy_to_dir,
@@ -79,36 +79,6 @@ def debris(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         env=env,
         cwd=REPO_ROOT,
         check=False,
-    )
-
-
-def debris_env(ceph: CephCluster | None) -> dict[str, str]:
-    """The environment for debris: no stray AWS settings; the cluster's keys unless ``ceph`` is None."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["AWS_EC2_METADATA_DISABLED"] = "true"
-    if ceph is not None:
-        env["AWS_ACCESS_KEY_ID"] = ceph.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = ceph.secret_key
-    return env
-
-
-def registry_on(ceph: CephCluster, bucket: str, workdir: Path) -> RegistryServer:
-    """A registry on RGW (bucket created first), as people configure the s3 driver for Ceph."""
-    ceph.s3_client().create_bucket(Bucket=bucket)
-    return RegistryServer(
-        s3={
-            "regionendpoint": ceph.endpoint,
-            "forcepathstyle": True,
-            "secure": False,
-            "v4auth": True,
-            "region": "us-east-1",
-            "bucket": bucket,
-            "rootdirectory": f"/{ROOTDIR}",
-            "chunksize": 5242880,
-            "accesskey": ceph.access_key,
-            "secretkey": ceph.secret_key,
-        },
-        workdir=workdir,
     )
 
 
@@ -163,15 +133,6 @@ def idents(entries) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def ceph(tmp_path_factory):
-    cluster = CephCluster.start(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="module")
 def world(ceph, tmp_path_factory):
     work = tmp_path_factory.mktemp("rgw-e2e")
     bucket = "registry-e2e"
@@ -179,7 +140,7 @@ def world(ceph, tmp_path_factory):
     env = debris_env(ceph)
     store = f"rgw://{bucket}/{ROOTDIR}"
     t0 = time.monotonic()
-    with registry_on(ceph, bucket, work) as reg:
+    with registry_on_rgw(ceph, bucket, work) as reg:
         c = RegistryClient(reg.url)
         # parts under 5 MiB: the s3 driver completes and restarts the multipart upload on each chunk
         images = push_sample_images(c, chunk_size=15000)
@@ -423,7 +384,7 @@ def test_session_patched_twice_is_cleaned(ceph, tmp_path):
     s3 = ceph.s3_client()
     env = debris_env(ceph)
     store = f"rgw://{bucket}/{ROOTDIR}"
-    with registry_on(ceph, bucket, tmp_path) as reg:
+    with registry_on_rgw(ceph, bucket, tmp_path) as reg:
         c = RegistryClient(reg.url)
         repo = "library/alpine"
         uid = abandon_upload(c, repo, [b"a" * 100_000, b"b" * 100_000])
@@ -457,7 +418,7 @@ def test_quota_incident_clean_works_over_quota_and_frees_space(ceph, tmp_path):
     """
     bucket = f"quota-{uuid.uuid4().hex[:8]}"
     s3 = ceph.s3_client(retries={"max_attempts": 1})
-    with registry_on(ceph, bucket, tmp_path / "reg") as reg:
+    with registry_on_rgw(ceph, bucket, tmp_path / "reg") as reg:
         c = RegistryClient(reg.url)
         base = c.push_image("library/alpine", "3.19", [make_layer("base", os.urandom(50_000))])
         headroom = 1024 * 1024

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from debris.cli import app
 from debris.stores.s3 import RGWStore, S3Store
 
-from ceph import CephCluster, MotoServer, requires_ceph
+from ceph import MotoServer, requires_ceph
 from conformance import StoreConformance, _all
 
 ROOT = "registry"
@@ -100,12 +100,8 @@ def moto(tmp_path_factory) -> Iterator[Backend]:
 
 
 @pytest.fixture(scope="module")
-def rgw(tmp_path_factory) -> Iterator[Backend]:
-    cluster = CephCluster.start(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield Backend("rgw", cluster.endpoint, cluster.access_key, cluster.secret_key, cluster.s3_client())
-    finally:
-        cluster.stop()
+def rgw(ceph) -> Backend:
+    return Backend("rgw", ceph.endpoint, ceph.access_key, ceph.secret_key, ceph.s3_client())
 
 
 @pytest.fixture(
