@@ -13,8 +13,10 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
-PY=${PYTHON:-python3}
 RUNS=${BENCH_RUNS:-3}
+# shellcheck source=scripts/bench_lib.sh
+source "$HERE/bench_lib.sh"
+find_debris
 GC=${DOCKER_REGISTRY:-/usr/bin/docker-registry}
 [[ -x $GC ]] || { echo "bench_audit: $GC not installed (apt-get install docker-registry)" >&2; exit 1; }
 
@@ -38,8 +40,7 @@ storage:
     rootdirectory: $ROOT
 CFG
 
-if command -v debris >/dev/null; then DEBRIS=(debris); else DEBRIS=("$PY" -m debris); export PYTHONPATH=$REPO; fi
-"$PY" -m compileall -q "$REPO/debris" >/dev/null || true
+echo "debris: $HOW"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for mode in all untagged; do

@@ -64,36 +64,9 @@ cleanup() {
 trap cleanup EXIT
 
 # --- which debris, which python -----------------------------------------------------------
-resolve_shim() { # a pyenv shim is a bash script; measure the real entry point instead
-    local p=$1
-    if [[ "$p" == */shims/* ]] && command -v pyenv >/dev/null; then
-        pyenv which "$(basename "$p")" 2>/dev/null || echo "$p"
-    else
-        echo "$p"
-    fi
-}
-if command -v debris >/dev/null; then
-    ON_PATH=$(command -v debris)
-    DEBRIS_BIN=$(resolve_shim "$ON_PATH")
-    DEBRIS=("$DEBRIS_BIN")
-    PY=""
-    shebang=$(head -n1 "$DEBRIS_BIN")
-    if [[ "$shebang" == '#!'*python* ]]; then
-        PY=${shebang#\#!}
-        PY=${PY%% *}
-    fi
-    [[ -n "$PY" && -x "$PY" ]] || PY=$(resolve_shim "$(command -v python3)")
-    HOW="debris on PATH: $ON_PATH -> $DEBRIS_BIN"
-else
-    PY=$(resolve_shim "$(command -v python3)")
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-    DEBRIS=("$PY" -m debris)
-    HOW="not installed: $PY -m debris with PYTHONPATH=$REPO"
-fi
-DEBRIS_PKG=$("$PY" -c 'import debris, os; print(os.path.dirname(debris.__file__))')
-# An editable install never byte-compiles, and PYTHONDONTWRITEBYTECODE (set on some machines)
-# stops the import system from caching: compile once, as a regular install would.
-"$PY" -m compileall -q "$DEBRIS_PKG" >/dev/null
+# shellcheck source=scripts/bench_lib.sh
+source "$HERE/bench_lib.sh"
+find_debris
 
 # --- the store ------------------------------------------------------------------------------
 if [[ $# -eq 1 && -d "$1/docker/registry/v2" ]]; then

@@ -91,33 +91,10 @@ fail() {
 }
 
 # --- which debris, which python -----------------------------------------------------------
-resolve_shim() { # a pyenv shim is a bash script; measure the real entry point instead
-    local p=$1
-    if [[ "$p" == */shims/* ]] && command -v pyenv >/dev/null; then
-        pyenv which "$(basename "$p")" 2>/dev/null || echo "$p"
-    else
-        echo "$p"
-    fi
-}
-if command -v debris >/dev/null; then
-    DEBRIS_BIN=$(resolve_shim "$(command -v debris)")
-    DEBRIS=("$DEBRIS_BIN")
-    PY=""
-    shebang=$(head -n1 "$DEBRIS_BIN")
-    if [[ "$shebang" == '#!'*python* ]]; then
-        PY=${shebang#\#!}
-        PY=${PY%% *}
-    fi
-    [[ -n "$PY" && -x "$PY" ]] || PY=$(resolve_shim "$(command -v python3)")
-    HOW="debris on PATH: $DEBRIS_BIN"
-else
-    PY=$(resolve_shim "$(command -v python3)")
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-    DEBRIS=("$PY" -m debris)
-    HOW="not installed: $PY -m debris with PYTHONPATH=$REPO"
-fi
-DEBRIS_PKG=$("$PY" -c 'import debris, os; print(os.path.dirname(debris.__file__))')
-"$PY" -m compileall -q "$DEBRIS_PKG" "$HERE/bench_s3.py" >/dev/null
+# shellcheck source=scripts/bench_lib.sh
+source "$HERE/bench_lib.sh"
+find_debris
+"$PY" -m compileall -q "$HERE/bench_s3.py" >/dev/null
 BOTO=$("$PY" -c 'import boto3, botocore; print(f"boto3 {boto3.__version__}, botocore {botocore.__version__}")') ||
     fail "boto3 is not importable by $PY"
 B3=("$PY" "$HERE/bench_s3.py")

@@ -115,6 +115,11 @@ class StoreConformance:
         with pytest.raises(StoreError):
             store.remove_file(key, FileInfo(1, 1))
 
-    def test_identity_is_stable(self, store, make_store):
-        assert store.identity() == store.identity()
-        assert store.url == store.url
+    def test_identity_survives_a_plan_file_and_cannot_be_changed_from_outside(self, store):
+        import json
+
+        identity = store.identity()
+        assert identity and json.loads(json.dumps(identity)) == identity  # a plan file records it
+        identity["tampered"] = True
+        assert "tampered" not in store.identity()
+        assert store.url.split("://", 1)[0] in ("file", "s3", "rgw") and "://" in store.url
