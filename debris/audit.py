@@ -3,36 +3,43 @@
 ``debris audit`` is a mark and sweep over the distribution v2 layout that never deletes
 anything. It is split in two:
 
-* ``collect(store)``: the only I/O. One walk of ``blobs/`` and every repository's ``_layers``
-  and ``_manifests`` (never ``_uploads``), reading link files, then the manifest blobs the
-  links (and index children) name. The result is an ``Inventory``: plain data.
+* ``collect(store)``: the only I/O, through the Store interface. One walk of the whole store
+  (blobs, every repository, sessions too: the same listings give the ``debris scan`` totals),
+  reading revision link files (and, for ``--delete-untagged``, tags' ``current/link``), then the
+  manifest blobs the revisions name and, recursively, the children indexes name. A local store
+  walks and reads in forked processes (``debris.forkwalk``); an S3 store lists blob prefixes and
+  repositories flat, in parallel, and reads on its pool (``Store.read_many``). The result is an
+  ``Inventory``: plain data.
 * ``audit(inventory, delete_untagged)``: a pure function from that inventory to an ``AuditResult``.
 
-Semantics (docs: the brief's "what GC would delete", made precise):
+Semantics (docs/safety.md "What audit reports"):
 
-Mark. A *repository* is a directory with ``_manifests``. A *revision* is
+Mark. A *repository* is a directory with ``_manifests`` or ``_layers``. A *revision* is
 ``_manifests/revisions/<alg>/<hex>/link``; it is *valid* when its link names the digest of its own
-directory and that blob's ``data`` exists (garbage-collect 2.8 silently skips the others). A
-manifest marks: Docker schema2 and OCI image manifests their config and layers (OCI: also
-``blobs`` of an artifact manifest), their ``subject`` as a manifest; a manifest list / OCI index
-its children as manifests, recursively (a kept index's children are kept, and what they reference
-is marked, however deep); schema1 its ``fsLayers[].blobSum``. Every manifest reached is marked
-itself. Without ``--delete-untagged`` every valid revision is a root; with it, only revisions a tag
-points at (``_manifests/tags/<tag>/current/link``), as in 2.8's ``Tags().Lookup``.
+directory and that blob's ``data`` exists. A manifest marks: Docker schema2 and OCI image
+manifests their config and layers (OCI: also ``blobs`` of an artifact manifest), their
+``subject`` as a manifest; a manifest list / OCI index its children as manifests, recursively (a
+kept index's children are kept, and what they reference is marked, however deep); schema1 its
+``fsLayers[].blobSum``. Every manifest reached is marked itself. Without ``--delete-untagged``
+every valid revision is a root; with it, only revisions a tag points at
+(``_manifests/tags/<tag>/current/link``), as in 2.8's ``Tags().Lookup``.
 
 Sweep. Every blob (``blobs/<alg>/<2hex>/<hex>/data``) that is not marked is eligible, with the size
 of its ``data``. With ``--delete-untagged`` a valid revision that is not reached from a root of its
 repository is an eligible manifest (``repo@digest``).
 
-Held back (debris is never more aggressive than GC, and more careful where GC is blind):
+Held back (debris is never more aggressive than GC, and more careful where GC is blind). A
+repository is handled *carefully* when it has a corrupt or unreadable manifest (reached from any
+revision), a revision or tag link that does not name a digest, a revision link naming another
+digest than its directory, or ``_manifests`` without ``_layers`` (2.8's catalog never visits
+it, so GC would sweep what only it references). Careful means: every revision is a root (no
+eligible manifest there; a link naming another digest roots that digest too), and for the first
+three causes every blob its ``_layers`` name, every digest-looking string in a corrupt manifest
+and the corrupt manifest's own blob are held back: never eligible, listed as a finding. Any walk
+or read error makes the whole result *incomplete*: nothing at all is eligible.
 
-* a repository with a corrupt or unreadable manifest (reached from any of its revisions): its
-  references are unknown, so every revision of it is a root (no eligible manifest there), and every
-  blob its ``_layers`` links name, every digest-looking string in the corrupt bytes and the corrupt
-  manifest's own blob are held back: never eligible, listed as a finding.
-* a repository with ``_manifests`` but no ``_layers``: 2.8's catalog never visits it, so GC would
-  sweep what only it references. debris marks it as usual (every revision a root) and reports it.
-* any walk error: references may be missing, so nothing at all is eligible (finding ``incomplete``).
+Layer links are taken by their directory (``_layers/<alg>/<hex>/`` holding a ``link`` file): GC
+never reads them, and the name is what the registry looks them up by. Their contents are not read.
 
 ``by_repository``: for each repository R, the bytes of eligible blobs whose only *claimant* is R.
 The claimants of a digest are the repositories that have a ``_layers`` link to it, or a valid
@@ -43,22 +50,23 @@ figure, so the figures sum to at most ``bytes_reclaimable``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from debris import layout
 from debris.inventory import ScanCounter, ScanReport, every_directory
-from debris.layout import Dir, Kind, Level
-from debris.stores.base import Listing, Store, StoreError
+from debris.layout import Dir, Level
+from debris.stores.base import Listing, Store
 
 #: distribution 2.8 refuses manifests over 4 MiB on PUT; anything bigger is not a manifest it wrote.
 MANIFEST_READ_LIMIT = 4 * 1024 * 1024
 LINK_READ_LIMIT = 256
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})")
+_DIGEST_LIST = re.compile(rf"{_DIGEST.pattern}(?: {_DIGEST.pattern})*")
 _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 # --------------------------------------------------------------------------------------------
@@ -66,22 +74,53 @@ _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib
 # --------------------------------------------------------------------------------------------
 
 
+class References(NamedTuple):
+    blobs: frozenset[str]  # config, layers, blobSums: marked, never parsed
+    manifests: frozenset[str]  # index children, subject: marked and followed
+
+
+class Unreadable(NamedTuple):
+    """A manifest blob that could not be read or is not a manifest."""
+
+    why: str
+    mentions: frozenset[str] = frozenset()  # digest-looking strings in what was read: held back
+
+
 @dataclass
 class RepoLinks:
-    """One repository's links: directory digest -> link content (None: unreadable)."""
+    """One repository's links."""
 
     has_layers: bool = False
-    layers: dict[str, str | None] = field(default_factory=dict)
-    revisions: dict[str, str | None] = field(default_factory=dict)
-    tags: dict[str, str | None] = field(default_factory=dict)  # tag -> current/link content
+    layers: set[str] = field(default_factory=set)  # digests of _layers/<alg>/<hex>/ holding a link
+    revisions: dict[str, str | None] = field(default_factory=dict)  # directory digest -> link content
+    tags: dict[str, str | None] = field(default_factory=dict)  # tag -> current/link content (if read)
+
+    def merge(self, other: RepoLinks) -> None:
+        self.has_layers |= other.has_layers
+        self.layers |= other.layers
+        self.revisions.update(other.revisions)
+        self.tags.update(other.tags)
 
 
 @dataclass
 class Inventory:
     blobs: dict[str, int] = field(default_factory=dict)  # digest -> apparent size of data
     repositories: dict[str, RepoLinks] = field(default_factory=dict)
-    manifests: dict[str, bytes | str] = field(default_factory=dict)  # digest -> content, or why unreadable
+    manifests: dict[str, References | Unreadable] = field(default_factory=dict)  # digest -> what it references
     errors: list[str] = field(default_factory=list)  # walk and read errors
+
+    def repository(self, name: str) -> RepoLinks:
+        r = self.repositories.get(name)
+        if r is None:
+            r = self.repositories[name] = RepoLinks()
+        return r
+
+    def merge(self, other: Inventory) -> None:
+        self.blobs.update(other.blobs)
+        for name, links in other.repositories.items():
+            self.repository(name).merge(links)
+        self.manifests.update(other.manifests)
+        self.errors += other.errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,26 +132,22 @@ class ManifestError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class References:
-    blobs: frozenset[str]  # config, layers, blobSums: marked, never parsed
-    manifests: frozenset[str]  # index children, subject: marked and followed
-
-
-def _digest_of(desc: object, where: str) -> str:
-    d = desc.get("digest") if isinstance(desc, dict) else None
-    if not isinstance(d, str) or not _DIGEST.fullmatch(d):
-        raise ManifestError(f"{where}: no valid digest")
-    return d
-
-
-def _descs(doc: dict, key: str) -> list:
-    v = doc.get(key)
-    if v is None:
+def _digests(doc: dict, key: str, field: str = "digest") -> list[str]:
+    """The ``field`` of every descriptor in the list ``doc[key]``, each a valid digest."""
+    descs = doc.get(key)
+    if descs is None:
         return []
-    if not isinstance(v, list):
+    if type(descs) is not list:
         raise ManifestError(f"{key} is not a list")
-    return v
+    try:
+        found = [desc[field] for desc in descs]
+        # One regex over the joined list: a digest has no space, so this checks each of them.
+        ok = not found or _DIGEST_LIST.fullmatch(" ".join(found))
+    except (TypeError, KeyError, IndexError):
+        ok = False
+    if not ok:
+        raise ManifestError(f"{key}[]: a descriptor without a valid {field}")
+    return found
 
 
 def parse_manifest(digest: str, content: bytes) -> References:
@@ -126,28 +161,30 @@ def parse_manifest(digest: str, content: bytes) -> References:
         doc = json.loads(content)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"not JSON: {e}") from None
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise ManifestError("not a JSON object")
     version = doc.get("schemaVersion")
     if version == 1:
-        blobs = [
-            _digest_of({"digest": layer.get("blobSum") if isinstance(layer, dict) else None}, "fsLayers")
-            for layer in _descs(doc, "fsLayers")
-        ]
-        return References(frozenset(blobs), frozenset())
+        return References(frozenset(_digests(doc, "fsLayers", "blobSum")), frozenset())
     if version != 2:
         raise ManifestError(f"unknown schemaVersion {version!r}")
-    manifests = [_digest_of(d, "manifests[]") for d in _descs(doc, "manifests")]
-    if "subject" in doc:
-        manifests.append(_digest_of(doc["subject"], "subject"))
-    blobs: list[str] = []
-    if "config" in doc:
-        blobs.append(_digest_of(doc["config"], "config"))
-    blobs += [_digest_of(d, "layers[]") for d in _descs(doc, "layers")]
-    blobs += [_digest_of(d, "blobs[]") for d in _descs(doc, "blobs")]  # OCI artifact manifest
     if not ("manifests" in doc or "config" in doc or "blobs" in doc):
         raise ManifestError("schemaVersion 2 but neither an image manifest nor an index")
+    manifests = _digests(doc, "manifests")
+    if "subject" in doc:
+        manifests += _digests({"subject": [doc["subject"]]}, "subject")
+    blobs = _digests(doc, "layers") + _digests(doc, "blobs")  # blobs: OCI artifact manifest
+    if "config" in doc:
+        blobs += _digests({"config": [doc["config"]]}, "config")
     return References(frozenset(blobs), frozenset(manifests))
+
+
+def examine_manifest(digest: str, content: bytes) -> References | Unreadable:
+    """``parse_manifest``, with a failure kept as data (what the bytes mention is held back)."""
+    try:
+        return parse_manifest(digest, content)
+    except ManifestError as e:
+        return Unreadable(str(e), frozenset(_DIGEST.findall(content.decode("latin-1"))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +236,7 @@ class _Reach:
     missing: set[str] = field(default_factory=set)
 
 
-def _closure(roots: Iterable[str], refs: Callable[[str], References | None], exists: Callable[[str], bool]) -> _Reach:
+def _closure(roots: Iterable[str], manifests: dict[str, References | Unreadable], blobs: dict[str, int]) -> _Reach:
     r = _Reach()
     stack = list(roots)
     while stack:
@@ -207,87 +244,88 @@ def _closure(roots: Iterable[str], refs: Callable[[str], References | None], exi
         if d in r.manifests:
             continue
         r.manifests.add(d)
-        if not exists(d):
+        if d not in blobs:
             r.missing.add(d)
             continue
-        got = refs(d)
-        if got is None:
+        got = manifests.get(d)
+        if type(got) is not References:
             r.corrupt.add(d)
             continue
         r.blobs |= got.blobs
-        r.missing |= {b for b in got.blobs if not exists(b)}
-        stack += [m for m in got.manifests if m not in r.manifests]
+        for b in got.blobs:
+            if b not in blobs:
+                r.missing.add(b)
+        stack += got.manifests
     return r
+
+
+def _why(got: References | Unreadable | None) -> str:
+    return got.why if isinstance(got, Unreadable) else "not read"
+
+
+def _repository_roots(
+    repo: str, links: RepoLinks, blobs: dict[str, int], tags_read: bool, problems: list[Finding]
+) -> tuple[set[str], set[str], bool]:
+    """(valid revisions, revisions a tag points at, careful?) with findings for every bad link."""
+    valid: set[str] = set()
+    careful = False
+    for dir_digest, target in sorted(links.revisions.items()):
+        if target is None or not _DIGEST.fullmatch(target):
+            problems.append(Finding("bad_link", f"revision link holds {target!r}", repo, dir_digest))
+            careful = True
+            if dir_digest in blobs:
+                valid.add(dir_digest)
+        elif target != dir_digest:
+            # The registry follows the link: the target is what it serves under this revision.
+            problems.append(Finding("bad_link", f"revision link names {target}", repo, dir_digest))
+            careful = True
+            valid |= {d for d in (dir_digest, target) if d in blobs}
+        elif target not in blobs:
+            problems.append(Finding("revision_blob_missing", "revision whose manifest blob is gone", repo, target))
+        else:
+            valid.add(target)
+    for d in sorted(links.layers):
+        if d not in blobs:
+            problems.append(Finding("link_to_missing_blob", "_layers link to a missing blob", repo, d))
+    tagged: set[str] = set()
+    if tags_read:
+        for tag, target in sorted(links.tags.items()):
+            if target is None or not _DIGEST.fullmatch(target):
+                problems.append(Finding("bad_link", f"tag {tag}: current link holds {target!r}", repo))
+                careful = True
+                continue
+            tagged.add(target)
+            if target not in blobs:
+                problems.append(Finding("link_to_missing_blob", f"tag {tag} points at a missing blob", repo, target))
+    return valid, tagged, careful
 
 
 def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
     """Mark and sweep over ``inv``; see the module docstring for the exact rules."""
     problems: list[Finding] = []
-    parsed: dict[str, References | None] = {}
-    why: dict[str, str] = {}
-
-    def refs(d: str) -> References | None:
-        if d not in parsed:
-            content = inv.manifests.get(d)
-            if content is None:
-                why[d], parsed[d] = "not read", None
-            elif isinstance(content, str):
-                why[d], parsed[d] = content, None
-            else:
-                try:
-                    parsed[d] = parse_manifest(d, content)
-                except ManifestError as e:
-                    why[d], parsed[d] = str(e), None
-        return parsed[d]
-
-    def exists(d: str) -> bool:
-        return d in inv.blobs
-
+    blobs, manifests = inv.blobs, inv.manifests
     marked: set[str] = set()
     held: set[str] = set()
     eligible_manifests: list[str] = []
-    claimants: dict[str, set[str]] = {}
+    claims: list[tuple[str, set[str]]] = []  # (repository, digests it claims)
 
     for repo, links in sorted(inv.repositories.items()):
-        valid: set[str] = set()
-        for dir_digest, target in sorted(links.revisions.items()):
-            if target is None or not _DIGEST.fullmatch(target):
-                problems.append(Finding("bad_link", f"revision link holds {target!r}", repo, dir_digest))
-            elif target != dir_digest:
-                problems.append(Finding("bad_link", f"revision link names {target}", repo, dir_digest))
-            elif not exists(target):
-                problems.append(Finding("revision_blob_missing", "revision whose manifest blob is gone", repo, target))
-            else:
-                valid.add(target)
-        for dir_digest, target in sorted(links.layers.items()):
-            if target is None or not _DIGEST.fullmatch(target):
-                problems.append(Finding("bad_link", f"layer link holds {target!r}", repo, dir_digest))
-            elif not exists(target):
-                problems.append(Finding("link_to_missing_blob", "_layers link to a missing blob", repo, target))
-        tagged: set[str] = set()
-        for tag, target in sorted(links.tags.items()):
-            if target is None or not _DIGEST.fullmatch(target):
-                problems.append(Finding("bad_link", f"tag {tag}: current link holds {target!r}", repo))
-                continue
-            tagged.add(target)
-            if not exists(target):
-                problems.append(Finding("link_to_missing_blob", f"tag {tag} points at a missing blob", repo, target))
-
-        full = _closure(valid, refs, exists)
-        for d in full.manifests | full.blobs | {t for t in links.layers.values() if t}:
-            claimants.setdefault(d, set()).add(repo)
-        for d in sorted(full.missing - set(valid)):
+        valid, tagged, careful = _repository_roots(repo, links, blobs, delete_untagged, problems)
+        hold = careful
+        full = _closure(valid, manifests, blobs)
+        claims.append((repo, full.manifests | full.blobs | links.layers))
+        for d in sorted(full.missing - valid):
             problems.append(Finding("reference_missing", "a manifest references a missing blob", repo, d))
-        careful = False
         if full.corrupt:
-            careful = True
+            careful = hold = True
             for d in sorted(full.corrupt):
-                problems.append(Finding("corrupt_manifest", why.get(d, "unreadable"), repo, d))
+                got = manifests.get(d)
+                problems.append(Finding("corrupt_manifest", _why(got), repo, d))
                 held.add(d)
-                content = inv.manifests.get(d)
-                if isinstance(content, bytes):
-                    held |= set(_DIGEST.findall(content.decode("latin-1")))
-            held |= {t for t in links.layers.values() if t}
+                if isinstance(got, Unreadable):
+                    held |= got.mentions
+        if hold:
+            held |= links.layers
         if not links.has_layers:
             careful = True
             problems.append(
@@ -298,38 +336,44 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
                     repo,
                 )
             )
-        roots = valid if (careful or not delete_untagged) else valid & tagged
-        kept = _closure(roots, refs, exists)
-        marked |= kept.manifests | kept.blobs
         if delete_untagged and not careful:
+            kept = _closure(valid & tagged, manifests, blobs)
             eligible_manifests += [f"{repo}@{d}" for d in sorted(valid - kept.manifests)]
+        else:
+            kept = full
+        marked |= kept.manifests
+        marked |= kept.blobs
 
     if inv.errors:
         problems += [Finding("incomplete", f"could not read: {e}; nothing is counted eligible") for e in inv.errors]
-        held |= set(inv.blobs)
+        held |= set(blobs)
         eligible_manifests = []
-    unmarked = set(inv.blobs) - marked
-    eligible = sorted(unmarked - held)
+    unmarked = blobs.keys() - marked
+    eligible_set = unmarked - held
+    eligible = sorted(eligible_set)
     held_back = sorted(unmarked & held)
     if held_back:
         problems.append(
             Finding(
                 "held_back",
-                f"{len(held_back)} unmarked blob(s), {sum(inv.blobs[d] for d in held_back)} bytes, not counted "
+                f"{len(held_back)} unmarked blob(s), {sum(blobs[d] for d in held_back)} bytes, not counted "
                 "eligible because of the problems above",
             )
         )
+    owner: dict[str, str | None] = {}  # eligible digest -> its only claimant, None when several
+    for repo, claimed in claims:
+        for d in claimed & eligible_set:
+            owner[d] = repo if d not in owner else None
     by_repo = dict.fromkeys(sorted(inv.repositories), 0)
-    for d in eligible:
-        who = claimants.get(d, set())
-        if len(who) == 1:
-            by_repo[next(iter(who))] += inv.blobs[d]
+    for d, repo in owner.items():
+        if repo is not None:
+            by_repo[repo] += blobs[d]
     return AuditResult(
         delete_untagged=delete_untagged,
-        blobs_marked=len(inv.blobs) - len(eligible),
+        blobs_marked=len(blobs) - len(eligible),
         blobs_eligible=eligible,
         manifests_eligible=sorted(eligible_manifests),
-        bytes_reclaimable=sum(inv.blobs[d] for d in eligible),
+        bytes_reclaimable=sum(blobs[d] for d in eligible),
         by_repository=by_repo,
         problems=problems,
         held_back=held_back,
@@ -340,90 +384,178 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
 # The collector (I/O, through the Store interface only)
 # --------------------------------------------------------------------------------------------
 
-_LINK_LEVELS = frozenset({Level.LAYER_DIR, Level.REVISION_DIR, Level.TAG_CURRENT})
-
-
-def _read_link(d: Dir, name: str) -> bool:
-    return name == "link" and d.level in _LINK_LEVELS
-
 
 def blob_key(digest: str) -> str:
     alg, _, hx = digest.partition(":")
     return f"{layout.ROOT_PREFIX}/blobs/{alg}/{hx[:2]}/{hx}/data"
 
 
-def collect(
-    store: Store, progress: Callable[[int], None] | None = None, counter: ScanCounter | None = None
-) -> Inventory:
-    """Walk the store once, then read the manifests. The walk covers every path, so ``counter``
-    (when given) gets the ``debris scan`` totals from the same listings."""
-    inv = Inventory()
-    counter = counter or ScanCounter()
-    problems = counter.report.problems
+def _links_to_read(read_tags: bool) -> Callable[[Dir, str], bool]:
+    levels = {Level.REVISION_DIR, Level.TAG_CURRENT} if read_tags else {Level.REVISION_DIR}
 
-    def repo(name: str) -> RepoLinks:
-        r = inv.repositories.get(name)
-        if r is None:
-            r = inv.repositories[name] = RepoLinks()
-        return r
+    def wanted(d: Dir, name: str) -> bool:
+        return name == "link" and d.level in levels
 
-    def link(listing: Listing[Dir], name: str) -> str | None:
-        raw = listing.contents.get(name) if listing.contents else None
-        if raw is None:
-            try:
-                raw = store.read(listing.file_key(name), LINK_READ_LIMIT)
-            except StoreError as e:
-                inv.errors.append(str(e))
-                return None
-        return None if raw is None else raw.decode("ascii", "replace").strip()
+    return wanted
 
-    walk = store.walk("", layout.STORE_ROOT, every_directory, problems, None, _read_link)
-    for n, listing in enumerate(walk, 1):
-        if progress:
-            progress(n)
-        counter.add(listing)
+
+def _flat_below(d: Dir) -> bool:
+    """Where a store that can list a subtree in one go (S3) should: per blob prefix and per
+    top-level repository directory, so both are listed in parallel and never one level at a time."""
+    return d.level is Level.BLOB_PREFIX or (d.level is Level.REPO and "/" not in (d.repository or "/"))
+
+
+class _Collector:
+    """Folds listings into an Inventory (and the scan totals), then reads links and manifests.
+
+    Digests are interned: the same string object for a blob, its layer links and the manifests
+    naming it, so a forked worker's result pickles each digest once (and the audit holds it once).
+    """
+
+    def __init__(self, read_tags: bool):
+        self.inv = Inventory()
+        self.counter = ScanCounter()
+        self.read_tags = read_tags
+        self.unread: dict[str, tuple[RepoLinks, str, str]] = {}  # link key -> (links, "revision"|"tag", name)
+        self._digests: dict[str, str] = {}
+        # Levels that hold what the audit needs. The repository-level ones also say the repository
+        # exists (an S3 listing yields only directories that hold objects, so the deepest count too).
+        self._by_level = {
+            Level.BLOB_DIR: self._blob,
+            Level.MANIFESTS: self._repository,
+            Level.LAYERS: self._layers,
+            Level.LAYER_DIR: self._layer_link,
+            Level.REVISION_DIR: self._revision,
+            Level.TAG_CURRENT: self._tag if read_tags else self._repository,
+            Level.TAG_INDEX_DIR: self._repository,
+        }
+
+    def digest(self, d: str) -> str:
+        return self._digests.setdefault(d, d)
+
+    def add(self, listing: Listing[Dir]) -> None:
+        self.counter.add(listing)
+        handle = self._by_level.get(listing.state.level)
+        if handle is not None:
+            handle(listing)
+
+    def _blob(self, listing: Listing[Dir]) -> None:
         d = listing.state
-        if d.level is Level.MANIFESTS:
-            repo(d.repository)
-        elif d.level is Level.LAYERS:
-            repo(d.repository).has_layers = True
         for name, size, _mtime, _etag, regular in listing.files:
-            if not regular or layout.classify(d, name) in (Kind.UNKNOWN, Kind.TEMP_FILE):
+            if name == "data" and regular:
+                self.inv.blobs[self.digest(f"{d.alg}:{d.hex}")] = size
+
+    def _repository(self, listing: Listing[Dir]) -> RepoLinks:
+        return self.inv.repository(listing.state.repository)  # type: ignore[arg-type]
+
+    def _layers(self, listing: Listing[Dir]) -> None:
+        self._repository(listing).has_layers = True
+
+    def _layer_link(self, listing: Listing[Dir]) -> None:
+        links = self._repository(listing)
+        links.has_layers = True
+        for name, _size, _mtime, _etag, regular in listing.files:
+            if name == "link" and regular:
+                d = listing.state
+                links.layers.add(self.digest(f"{d.alg}:{d.hex}"))
+
+    def _revision(self, listing: Listing[Dir]) -> None:
+        d = listing.state
+        links = self._repository(listing)
+        self._link(listing, links, links.revisions, "revision", self.digest(f"{d.alg}:{d.hex}"))
+
+    def _tag(self, listing: Listing[Dir]) -> None:
+        links = self._repository(listing)
+        self._link(listing, links, links.tags, "tag", listing.state.tag)  # type: ignore[arg-type]
+
+    def _link(self, listing: Listing[Dir], links: RepoLinks, into: dict, what: str, name: str) -> None:
+        for fname, _size, _mtime, _etag, regular in listing.files:
+            if fname != "link" or not regular:
                 continue
-            if d.level is Level.BLOB_DIR:
-                inv.blobs[f"{d.alg}:{d.hex}"] = size
-            elif d.level is Level.LAYER_DIR:
-                repo(d.repository).layers[f"{d.alg}:{d.hex}"] = link(listing, name)
-            elif d.level is Level.REVISION_DIR:
-                repo(d.repository).revisions[f"{d.alg}:{d.hex}"] = link(listing, name)
-            elif d.level is Level.TAG_CURRENT:
-                repo(d.repository).tags[d.tag] = link(listing, name)
-    inv.errors += problems.errors
-    _read_manifests(store, inv)
-    return inv
+            raw = listing.contents.get(fname) if listing.contents is not None else None
+            if raw is None:  # not read during the walk (S3), or it failed there (the walk said so)
+                into[name] = None
+                if listing.contents is None:
+                    self.unread[listing.file_key(fname)] = (links, what, name)
+            else:
+                into[name] = self.digest(raw.decode("ascii", "replace").strip())
+
+    def finish(self, store: Store) -> None:
+        """The reads that follow the walk: links the walk could not read, then the manifests."""
+        if self.unread:
+            for key, data, err in store.read_many(list(self.unread), LINK_READ_LIMIT):
+                links, what, name = self.unread.pop(key)
+                if err is not None:
+                    self.inv.errors.append(str(err))
+                elif data is not None:
+                    target = self.digest(data.decode("ascii", "replace").strip())
+                    (links.revisions if what == "revision" else links.tags)[name] = target
+        self.read_manifests(store)
+
+    def read_manifests(self, store: Store) -> None:
+        """Every manifest a revision names, then every child an index names, until none is new."""
+        inv = self.inv
+        todo = {t for r in inv.repositories.values() for t in r.revisions.values() if t and _DIGEST.fullmatch(t)}
+        while todo:
+            keys = {blob_key(d): d for d in todo if d not in inv.manifests}
+            todo = set()
+            for key, data, err in store.read_many(list(keys), MANIFEST_READ_LIMIT + 1):
+                d = keys[key]
+                if err is not None:
+                    inv.manifests[d] = Unreadable(f"unreadable: {err}")
+                elif data is None:
+                    inv.manifests[d] = Unreadable("not found when read")
+                elif len(data) > MANIFEST_READ_LIMIT:
+                    inv.manifests[d] = Unreadable("larger than any manifest the registry accepts")
+                else:
+                    got = examine_manifest(d, data)
+                    if type(got) is References:
+                        intern = self.digest
+                        got = References(frozenset(map(intern, got.blobs)), frozenset(map(intern, got.manifests)))
+                        todo |= got.manifests
+                    inv.manifests[d] = got
+
+    def merge(self, other: _Collector) -> None:
+        self.inv.merge(other.inv)
+        self.counter.merge(other.counter)
 
 
-def _read_manifests(store: Store, inv: Inventory) -> None:
-    """Read every manifest a revision names, then every child an index names, until none is new."""
-    todo = [t for r in inv.repositories.values() for t in r.revisions.values() if t and _DIGEST.fullmatch(t)]
-    while todo:
-        d = todo.pop()
-        if d in inv.manifests or d not in inv.blobs:
-            continue
-        if inv.blobs[d] > MANIFEST_READ_LIMIT:
-            inv.manifests[d] = f"{inv.blobs[d]} bytes: larger than any manifest the registry accepts"
-            continue
-        try:
-            content = store.read(blob_key(d), MANIFEST_READ_LIMIT + 1)
-        except StoreError as e:
-            inv.manifests[d] = f"unreadable: {e}"
-            continue
-        if content is None:
-            inv.manifests[d] = "vanished while reading"
-            continue
-        inv.manifests[d] = content
-        with contextlib.suppress(ManifestError):  # audit() reports it
-            todo += parse_manifest(d, content).manifests
+def collect(
+    store: Store,
+    delete_untagged: bool = False,
+    progress: Callable[[int], None] | None = None,
+    counter: ScanCounter | None = None,
+) -> Inventory:
+    """Walk the store once, reading links, then read the manifests. The walk covers every path,
+    so ``counter`` (when given) gets the ``debris scan`` totals from the same listings. Tags are
+    read only for ``delete_untagged``: without it no tag changes what GC keeps."""
+    read = _links_to_read(delete_untagged)
+    main = _Collector(delete_untagged)
+    problems = main.counter.report.problems
+    if store.walk_processes > 1:
+        from debris import forkwalk
+
+        top, starts = forkwalk.split_walk(store, every_directory, problems, read=read)
+        for listing in top:
+            main.add(listing)
+        parts = forkwalk.fold(
+            store, starts, lambda _c: every_directory, lambda: _Collector(delete_untagged), _Collector.add,
+            lambda c: c.counter.report.problems, store.walk_processes, finish=lambda c: c.finish(store), read=read,
+        )  # fmt: skip
+        for part in parts:
+            if part is not main:
+                main.merge(part)
+    else:
+        walk = store.walk("", layout.STORE_ROOT, every_directory, problems, _flat_below, read)
+        for n, listing in enumerate(walk, 1):
+            if progress:
+                progress(n)
+            main.add(listing)
+    main.finish(store)  # what is left: nothing after a forked walk unless an index crossed workers
+    main.inv.errors = problems.errors + main.inv.errors
+    if counter is not None:
+        counter.merge(main.counter)
+    return main.inv
 
 
 def debris_totals(r: ScanReport) -> dict:
@@ -439,50 +571,7 @@ def debris_totals(r: ScanReport) -> dict:
 
 def run(store: Store, delete_untagged: bool = False, progress: Callable[[int], None] | None = None) -> AuditResult:
     counter = ScanCounter()
-    result = audit(collect(store, progress, counter), delete_untagged)
+    result = audit(collect(store, delete_untagged, progress, counter), delete_untagged)
     counter.add_multiparts(store)
     result.debris = debris_totals(counter.report)
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# Human output
-# --------------------------------------------------------------------------------------------
-
-
-def text(result: AuditResult, store_url: str, rows: int = 50) -> str:
-    from debris.render import size, table
-
-    mode = "garbage-collect --delete-untagged" if result.delete_untagged else "garbage-collect"
-    out = [
-        f"store {store_url}: what {mode} would delete (nothing was deleted)",
-        table(
-            [
-                ["blobs that stay (manifests included)", f"{result.blobs_marked:,}", ""],
-                ["blobs eligible", f"{len(result.blobs_eligible):,}", size(result.bytes_reclaimable)],
-                ["manifests eligible", f"{len(result.manifests_eligible):,}", ""],
-            ],
-            ["", "count", "reclaimable"],
-        ),
-    ]
-    repo_rows = [[r, size(b)] for r, b in sorted(result.by_repository.items(), key=lambda kv: -kv[1]) if b]
-    if repo_rows:
-        out += ["", table(repo_rows[:rows], ["repository", "frees alone"])]
-    if result.manifests_eligible:
-        out += ["", "manifests eligible:"] + [f"  {m}" for m in result.manifests_eligible[:rows]]
-        if len(result.manifests_eligible) > rows:
-            out.append(f"  ... {len(result.manifests_eligible) - rows} more (--json lists all)")
-    if result.problems:
-        out += ["", f"{len(result.problems)} problem(s) garbage-collect does not see:"]
-        prob_rows = [[p.kind, p.repository or "", p.digest or "", p.detail] for p in result.problems[:rows]]
-        out.append(table(prob_rows, ["problem", "repository", "digest", "detail"]))
-        if len(result.problems) > rows:
-            out.append(f"  ... {len(result.problems) - rows} more (--json lists all)")
-    d = result.debris
-    if d:
-        sessions = d["totals"].get(Kind.UPLOAD_SESSION.value, {"bytes": 0})["bytes"]
-        out.append(
-            f"\ndebris (never touched by garbage-collect): {d['sessions']:,} upload session(s), {size(sessions)}; "
-            f"{d['unknown']:,} unknown path(s) (see `debris scan`)"
-        )
-    return "\n".join(out)

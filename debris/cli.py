@@ -682,22 +682,19 @@ def audit(
     json_out: JsonOpt = False,
     rows: RowsOpt = 50,
 ) -> None:
-    """What garbage collection would delete and free (read-only; local filesystem stores only for now)."""
+    """What garbage collection would delete and how much it would free (read-only, any store)."""
     from debris import audit as auditing
     from debris import render
-    from debris.stores.base import Capability
 
     with _errors():
         st = _open(store, registry_config)
-        if Capability.DIRECTORIES not in st.capabilities:
-            raise _fail(Exit.ERROR, f"{st.url}: audit supports local filesystem stores only in this version")
         result = auditing.run(st, delete_untagged, progress=_walk_progress())
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     if json_out:
         render.dump_json(result.to_json())
     else:
-        typer.echo(auditing.text(result, st.url, rows))
+        typer.echo(render.audit_text(result, st.url, rows))
 
 
 def _version(value: bool) -> None:

@@ -54,12 +54,14 @@ def fold(
     add: Callable[[A, Listing[Dir]], None],
     problems_of: Callable[[A], WalkProblems],
     workers: int,
+    finish: Callable[[A], None] | None = None,
     **walk_options,
 ) -> list[A]:
     """Walk ``starts`` and fold every listing into accumulators: one per worker, the parent's first.
 
     ``descend_for(acc)`` gives the ``descend`` for a walk feeding ``acc`` (a pruning callback may
-    record into its own accumulator).
+    record into its own accumulator). ``finish(acc)``, when given, runs in each process after its
+    walk, before the accumulator is sent: follow-up reads that should run in parallel too.
 
     With one worker (or few starts) everything runs here. A worker that dies is an error in the
     parent's accumulator, never a silent gap.
@@ -75,6 +77,8 @@ def fold(
                 os.close(r)
                 acc = make()
                 _walk_into(store, group, descend_for(acc), acc, add, problems_of, walk_options)
+                if finish is not None:
+                    finish(acc)
                 payload = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as e:
                 payload = pickle.dumps(RuntimeError(f"walk worker failed: {e!r}"))
@@ -91,6 +95,8 @@ def fold(
     results = [mine]
     try:
         _walk_into(store, groups[0], descend_for(mine), mine, add, problems_of, walk_options)
+        if finish is not None:
+            finish(mine)
     finally:
         for pid, r in children:
             got = _receive(r, pid)

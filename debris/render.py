@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import TextIO
 
 from debris.apply import ApplyResult
+from debris.audit import AuditResult
 from debris.inventory import ScanReport, UnknownReport
+from debris.layout import Kind
 from debris.plan import Plan, format_time
 from debris.policy import format_duration
 
@@ -175,3 +177,42 @@ def apply_text(result: ApplyResult, rows: int = DEFAULT_ROWS) -> str:
     counts = f"; {len(result.with_status('skipped'))} skipped, {len(result.with_status('failed'))} failed"
     out.append(summary + counts + ("; INTERRUPTED" if result.interrupted else ""))
     return "\n".join(out).lstrip("\n")
+
+
+def audit_text(result: AuditResult, store_url: str, rows: int = DEFAULT_ROWS) -> str:
+    mode = "garbage-collect --delete-untagged" if result.delete_untagged else "garbage-collect"
+    out = [
+        f"store {store_url}: what {mode} would delete (nothing was deleted)",
+        table(
+            [
+                ["blobs that stay (manifests included)", f"{result.blobs_marked:,}", ""],
+                ["blobs eligible", f"{len(result.blobs_eligible):,}", size(result.bytes_reclaimable)],
+                ["manifests eligible", f"{len(result.manifests_eligible):,}", ""],
+            ],
+            ["", "count", "reclaimable"],
+        ),
+    ]
+    repo_rows = [[r, size(b)] for r, b in sorted(result.by_repository.items(), key=lambda kv: -kv[1]) if b]
+    if repo_rows:
+        out += ["", table(repo_rows[:rows], ["repository", "frees alone"])]
+        if len(repo_rows) > rows:
+            out.append(f"  ... {len(repo_rows) - rows} more (--json lists all)")
+    if result.manifests_eligible:
+        out += ["", "manifests eligible:"] + [f"  {m}" for m in result.manifests_eligible[:rows]]
+        if len(result.manifests_eligible) > rows:
+            out.append(f"  ... {len(result.manifests_eligible) - rows} more (--json lists all)")
+    if result.problems:
+        out += ["", f"{len(result.problems)} problem(s) garbage-collect does not see:"]
+        prob_rows = [[p.kind, p.repository or "", p.digest or "", p.detail] for p in result.problems[:rows]]
+        out.append(table(prob_rows, ["problem", "repository", "digest", "detail"]))
+        if len(result.problems) > rows:
+            out.append(f"  ... {len(result.problems) - rows} more (--json lists all)")
+    d = result.debris
+    if d:
+        sessions = d["totals"].get(Kind.UPLOAD_SESSION.value, {"bytes": 0})["bytes"]
+        multipart = d["totals"].get(Kind.MULTIPART_UPLOAD.value, {"bytes": 0})["bytes"]
+        out.append(
+            f"\ndebris (never touched by garbage-collect): {d['sessions']:,} upload session(s), "
+            f"{size(sessions + multipart)}; {d['unknown']:,} unknown path(s) (see `debris scan`)"
+        )
+    return "\n".join(out)

@@ -9,7 +9,7 @@ exist for one caller only: the gate in ``debris.apply``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
@@ -196,6 +196,16 @@ class Store(ABC):
     @abstractmethod
     def read(self, key: str, limit: int) -> bytes | None:
         """At most ``limit`` bytes of a small regular file, or None if it does not exist."""
+
+    def read_many(self, keys: Iterable[str], limit: int) -> Iterator[tuple[str, bytes | None, StoreError | None]]:
+        """``read`` for many keys: (key, bytes or None if it does not exist, error or None), in any
+        order, one per key. A remote store reads ``parallel_reads`` at a time; the default reads
+        one by one."""
+        for key in keys:
+            try:
+                yield key, self.read(key, limit), None
+            except StoreError as e:
+                yield key, None, e
 
     @abstractmethod
     def remove_file(self, key: str, expected: FileInfo) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from debris.stores.base import (
     READ_LIMIT,
@@ -47,9 +47,18 @@ def _read_at(dir_fd: int, name: str, limit: int) -> bytes:
     # O_NONBLOCK: opening a FIFO planted in the store must not hang the scan.
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
-        if not st_mod.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not st_mod.S_ISREG(st.st_mode):
             raise Changed(f"{name}: not a regular file")
-        return os.read(fd, limit)
+        # Ask for what is there (plus one byte to see growth), not for ``limit``: a 4 MiB limit
+        # would allocate 4 MiB per small manifest.
+        data = os.read(fd, min(limit, st.st_size + 1))
+        while st.st_size < len(data) < limit:  # it grew since fstat: read on, up to the limit
+            more = os.read(fd, limit - len(data))
+            if not more:
+                break
+            data += more
+        return data
     finally:
         os.close(fd)
 
@@ -248,6 +257,56 @@ class LocalStore(Store):
             raise StoreError(f"{key}: {e.strerror}") from None
         finally:
             os.close(fd)
+
+    def read_many(self, keys: Iterable[str], limit: int) -> Iterator[tuple[str, bytes | None, StoreError | None]]:
+        """Reads through cached descriptors of the keys' grandparent directories.
+
+        Blob keys (``blobs/<alg>/<2hex>/<hex>/data``) share 256 grandparents per algorithm, so a
+        read costs two opens instead of one per path component. Every open is O_NOFOLLOW, as in
+        ``read``; the descriptors are closed when the iteration ends.
+        """
+        cache: dict[tuple[str, ...], int] = {}
+        try:
+            for key in keys:
+                parts = key.split("/")
+                if not key or any(p in ("", ".", "..") for p in parts):
+                    yield key, None, StoreError(f"refusing unclean key {key!r}")
+                    continue
+                try:
+                    yield key, self._read_cached(cache, parts, limit), None
+                except FileNotFoundError:
+                    yield key, None, None
+                except Changed:
+                    yield key, None, Changed(f"{key}: not a regular file")
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        yield key, None, Changed(f"{key}: a parent directory is not a directory (symlink?)")
+                    else:
+                        yield key, None, StoreError(f"{key}: {e.strerror}")
+        finally:
+            for fd in cache.values():
+                os.close(fd)
+
+    _READ_CACHE_MAX = 4096
+
+    def _read_cached(self, cache: dict[tuple[str, ...], int], parts: list[str], limit: int) -> bytes:
+        top, rest = tuple(parts[:-2]), parts[-2:]
+        gfd = cache.get(top)
+        if gfd is None:
+            gfd = self._open_dir(list(top))
+            if len(cache) < self._READ_CACHE_MAX:
+                cache[top] = gfd
+        try:
+            if len(rest) == 1:
+                return _read_at(gfd, rest[0], limit)
+            pfd = os.open(rest[0], _DIR_FLAGS, dir_fd=gfd)
+            try:
+                return _read_at(pfd, rest[1], limit)
+            finally:
+                os.close(pfd)
+        finally:
+            if cache.get(top) != gfd:
+                os.close(gfd)
 
     def free_space(self) -> dict:
         vfs = os.fstatvfs(self._root_fd)

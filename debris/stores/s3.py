@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import boto3
@@ -340,6 +340,27 @@ class S3Store(Store):
             ):
                 return b""  # an empty object
             raise err from None
+
+    def read_many(self, keys: Iterable[str], limit: int) -> Iterator[tuple[str, bytes | None, StoreError | None]]:
+        """GETs on a bounded pool, a few in flight per worker; results as they complete."""
+
+        def one(key: str) -> tuple[str, bytes | None, StoreError | None]:
+            try:
+                return key, self.read(key, limit), None
+            except StoreError as e:
+                return key, None, e
+
+        window = self.workers * 4
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="debris-read") as pool:
+            pending: set[Future] = set()
+            for key in keys:
+                pending.add(pool.submit(one, key))
+                if len(pending) >= window:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield fut.result()
+            for fut in pending:
+                yield fut.result()
 
     # -- multipart uploads ----------------------------------------------------------------------
 
