@@ -35,8 +35,9 @@ digest than its directory, or ``_manifests`` without ``_layers`` (2.8's catalog 
 it, so GC would sweep what only it references). Careful means: every revision is a root (no
 eligible manifest there; a link naming another digest roots that digest too), and for the first
 three causes every blob its ``_layers`` name, every digest-looking string in a corrupt manifest
-and the corrupt manifest's own blob are held back: never eligible, listed as a finding. Any walk
-or read error makes the whole result *incomplete*: nothing at all is eligible.
+and the corrupt manifest's own blob are held back: never eligible, listed as a finding. A blob
+whose ``data`` is not a regular file (a symlink GC's driver would follow) is held back too. Any
+walk or read error makes the whole result *incomplete*: nothing at all is eligible.
 
 Layer links are taken by their directory (``_layers/<alg>/<hex>/`` holding a ``link`` file): GC
 never reads them, and the name is what the registry looks them up by. Their contents are not read.
@@ -107,6 +108,7 @@ class Inventory:
     blobs: dict[str, int] = field(default_factory=dict)  # digest -> apparent size of data
     repositories: dict[str, RepoLinks] = field(default_factory=dict)
     manifests: dict[str, References | Unreadable] = field(default_factory=dict)  # digest -> what it references
+    irregular: set[str] = field(default_factory=set)  # blobs whose data is a symlink, FIFO...: held back
     errors: list[str] = field(default_factory=list)  # walk and read errors
 
     def repository(self, name: str) -> RepoLinks:
@@ -120,6 +122,7 @@ class Inventory:
         for name, links in other.repositories.items():
             self.repository(name).merge(links)
         self.manifests.update(other.manifests)
+        self.irregular |= other.irregular
         self.errors += other.errors
 
 
@@ -195,7 +198,7 @@ def examine_manifest(digest: str, content: bytes) -> References | Unreadable:
 @dataclass
 class Finding:
     kind: str  # corrupt_manifest, revision_blob_missing, link_to_missing_blob, bad_link,
-    #          reference_missing, repository_without_layers, held_back, incomplete
+    #          reference_missing, repository_without_layers, irregular_blob, held_back, incomplete
     detail: str
     repository: str | None = None
     digest: str | None = None
@@ -344,6 +347,11 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
         marked |= kept.manifests
         marked |= kept.blobs
 
+    for d in sorted(inv.irregular):
+        problems.append(
+            Finding("irregular_blob", "data is not a regular file (symlink?): never counted eligible", None, d)
+        )
+    held |= inv.irregular
     if inv.errors:
         problems += [Finding("incomplete", f"could not read: {e}; nothing is counted eligible") for e in inv.errors]
         held |= set(blobs)
@@ -442,8 +450,11 @@ class _Collector:
     def _blob(self, listing: Listing[Dir]) -> None:
         d = listing.state
         for name, size, _mtime, _etag, regular in listing.files:
-            if name == "data" and regular:
-                self.inv.blobs[self.digest(f"{d.alg}:{d.hex}")] = size
+            if name == "data":
+                digest = self.digest(f"{d.alg}:{d.hex}")
+                self.inv.blobs[digest] = size
+                if not regular:  # GC's driver would follow a symlink; debris never does
+                    self.inv.irregular.add(digest)
 
     def _repository(self, listing: Listing[Dir]) -> RepoLinks:
         return self.inv.repository(listing.state.repository)  # type: ignore[arg-type]

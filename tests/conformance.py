@@ -7,6 +7,9 @@ empty store, and returns the Store. Everything here must hold for every backend.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from debris.stores.base import Changed, FileInfo, NotFound, Store, StoreError, WalkProblems
@@ -22,6 +25,70 @@ FILES = {
     "docker/registry/v2/repositories/team/app/_layers/sha256/" + "0123456789abcdef" * 4 + "/link": b"sha256:...",
     "docker/registry/v2/repositories/team/other/_uploads/x/y": b"unknown",
 }
+
+
+def _digest(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def _blob_key(digest: str) -> str:
+    hx = digest.split(":", 1)[1]
+    return f"docker/registry/v2/blobs/sha256/{hx[:2]}/{hx}/data"
+
+
+def _link_key(repo: str, where: str, digest: str) -> str:
+    return f"docker/registry/v2/repositories/{repo}/{where}/sha256/{digest.split(':', 1)[1]}/link"
+
+
+def registry_tree() -> tuple[dict[str, bytes], dict[str, object]]:
+    """A small registry as its storage driver lays it out, and what an audit must find in it.
+
+    ``library/web`` has a tagged image and an untagged old revision; ``tools`` an OCI index whose
+    child is only reached through it; an orphan blob is in no repository. The same bytes on every
+    store must give the same audit.
+    """
+    files: dict[str, bytes] = {}
+
+    def blob(content: bytes) -> str:
+        d = _digest(content)
+        files[_blob_key(d)] = content
+        return d
+
+    def image(repo: str, name: str, tag: str | None) -> tuple[str, list[str]]:
+        parts = [blob(json.dumps({"config": name}).encode()), blob(f"layer of {name}".encode() * 50)]
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "x", "size": 1, "digest": parts[0]},
+                "layers": [{"mediaType": "x", "size": 1, "digest": parts[1]}],
+            }
+        ).encode()
+        m = blob(body)
+        for d in parts:
+            files[_link_key(repo, "_layers", d)] = d.encode()
+        files[_link_key(repo, "_manifests/revisions", m)] = m.encode()
+        if tag:
+            files[f"docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}/current/link"] = m.encode()
+            files[_link_key(repo, f"_manifests/tags/{tag}/index", m)] = m.encode()
+        return m, parts
+
+    image("library/web", "web-v2", "latest")
+    old, old_parts = image("library/web", "web-v1", None)
+    kid, _kid_parts = image("tools", "tools-amd64", None)
+    index = blob(json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "x", "size": 1, "digest": kid}]}).encode())
+    files[_link_key("tools", "_manifests/revisions", index)] = index.encode()
+    files["docker/registry/v2/repositories/tools/_manifests/tags/v1/current/link"] = index.encode()
+    orphan = blob(b"pushed, never referenced")
+    files[f"{SESSION}/startedat"] = b"2026-01-01T00:00:00Z"
+    files[f"{SESSION}/data"] = b"d" * 10
+    expected = {
+        "all": {orphan},
+        "untagged": {orphan, old, *old_parts},
+        "manifests_untagged": [f"library/web@{old}"],
+        "by_repository_untagged": {"library/web": sum(len(files[_blob_key(d)]) for d in (old, *old_parts)), "tools": 0},
+    }
+    return files, expected
 
 
 def _all(store: Store, start: str = "", prune=lambda state, key, name: True) -> tuple[dict[str, FileInfo], list[str]]:
@@ -123,3 +190,37 @@ class StoreConformance:
         identity["tampered"] = True
         assert "tampered" not in store.identity()
         assert store.url.split("://", 1)[0] in ("file", "s3", "rgw") and "://" in store.url
+
+    def test_read_many_answers_every_key_once(self, store):
+        keys = [f"{SESSION}/startedat", BLOB, f"{SESSION}/nope", "docker/../etc/passwd", f"{SESSION}/data"]
+        got = {}
+        for key, data, err in store.read_many(keys, 4):
+            assert key not in got
+            got[key] = (data, err)
+        assert set(got) == set(keys)
+        assert got[f"{SESSION}/startedat"] == (b"2026", None)
+        assert got[BLOB] == (b"blob", None)
+        assert got[f"{SESSION}/data"] == (b"dddd", None)
+        assert got[f"{SESSION}/nope"] == (None, None)
+        data, err = got["docker/../etc/passwd"]
+        assert data is None and isinstance(err, StoreError)
+        assert [k for k, *_ in store.read_many([], 4)] == []
+
+    def test_audit_finds_the_same_on_every_store(self, make_store):
+        from debris import audit
+
+        files, expected = registry_tree()
+        store = make_store(files)
+        try:
+            everything = audit.run(store)
+            untagged = audit.run(store, delete_untagged=True)
+        finally:
+            store.close()
+        assert everything.problems == [] and untagged.problems == []
+        assert set(everything.blobs_eligible) == expected["all"]
+        assert everything.manifests_eligible == []
+        assert set(untagged.blobs_eligible) == expected["untagged"]
+        assert untagged.manifests_eligible == expected["manifests_untagged"]
+        assert untagged.by_repository == expected["by_repository_untagged"]
+        assert everything.blobs_marked == len([k for k in files if k.endswith("/data") and "/blobs/" in k]) - 1
+        assert everything.debris["sessions"] == 1

@@ -14,6 +14,7 @@ import json
 import os
 
 import pytest
+from audit_scenario import push_scenario
 from typer.testing import CliRunner
 
 from debris import audit
@@ -27,7 +28,6 @@ from registry import (
     RegistryClient,
     RegistryServer,
     garbage_collect_dry_run,
-    make_layer,
     requires_registry_tools,
     sha256_digest,
 )
@@ -51,81 +51,12 @@ def _digests(manifests: list[str]) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
-class Pushed:
-    """What the scenario pushed, for explaining differences."""
-
-    kept_index_children: set[str]  # manifests reached (at any depth) from a tagged index, untagged themselves
-    untagged: set[str]  # revisions no tag reaches, directly or through an index
-    untagged_index: str
-    indexes: set[str]
-
-
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit-store")
     work = tmp_path_factory.mktemp("audit-registry")
     with RegistryServer(rootdirectory=root, workdir=work) as reg:
-        c = RegistryClient(reg.url)
-        shared = make_layer("shared", b"shared base layer")
-        # Shared layer across repositories; a re-tag leaves the old revision untagged.
-        c.push_image("base", "latest", [shared, make_layer("base", b"base only")])
-        app_old = c.push_image("app", "v1", [shared, make_layer("app1", b"app v1")])
-        c.push_image("app", "v1", [shared, make_layer("app2", b"app v2")])  # v1's old revision: untagged
-        app_loose = c.push_image("app", None, [make_layer("app-digest", b"pushed by digest")])  # never tagged
-        # OCI index over two OCI images pushed by digest.
-        kids = []
-        for arch in ("amd64", "arm64"):
-            d = c.push_image(
-                "multi", None, [shared, make_layer(f"oci-{arch}", arch.encode())], kind="oci", architecture=arch
-            )
-            kids.append(
-                (d, len(c.get_manifest("multi", d).body), MT_OCI_MANIFEST, {"os": "linux", "architecture": arch})
-            )
-        oci_index = c.push_index("multi", "idx", kids, kind="oci")
-        # Docker manifest list over two schema2 images pushed by digest.
-        lkids = []
-        for arch in ("amd64", "s390x"):
-            d = c.push_image("multi", None, [make_layer(f"list-{arch}", arch.encode())], architecture=arch)
-            lkids.append(
-                (d, len(c.get_manifest("multi", d).body), MT_DOCKER_MANIFEST, {"os": "linux", "architecture": arch})
-            )
-        docker_list = c.push_index("multi", "list", lkids, kind="docker-list")
-        # A nested index: an index (pushed, then untagged by re-tagging) under a tagged outer index.
-        ikids = []
-        d = c.push_image("nested", None, [make_layer("nested-kid", b"deep")])
-        ikids.append(
-            (d, len(c.get_manifest("nested", d).body), MT_DOCKER_MANIFEST, {"os": "linux", "architecture": "amd64"})
-        )
-        inner = c.push_index("nested", "inner", ikids, kind="oci")
-        inner_size = len(c.get_manifest("nested", inner).body)
-        outer = c.push_index(
-            "nested", "outer", [(inner, inner_size, MT_OCI_INDEX, {"os": "linux", "architecture": "amd64"})]
-        )
-        # Move the "inner" tag away so only the outer index keeps the inner one.
-        c.push_image("nested", "inner", [make_layer("nested-other", b"other")])
-        # An untagged index whose children only it references (all eligible with -m, in both).
-        ukid = c.push_image("loose", None, [make_layer("loose-kid", b"loose")])
-        loose = c.push_index(
-            "loose",
-            "tmp",
-            [
-                (
-                    ukid,
-                    len(c.get_manifest("loose", ukid).body),
-                    MT_DOCKER_MANIFEST,
-                    {"os": "linux", "architecture": "amd64"},
-                )
-            ],
-        )
-        c.push_image("loose", "tmp", [make_layer("loose-new", b"retagged")])
-        # A manifest deleted by digest: its revision link goes, its blobs become unreferenced.
-        gone = c.push_image("gone", "t", [make_layer("gone", b"deleted image")])
-        c.delete_manifest("gone", gone)
-        pushed = Pushed()
-        pushed.kept_index_children = {k[0] for k in kids} | {k[0] for k in lkids} | {inner} | {k[0] for k in ikids}
-        pushed.untagged_index = loose
-        pushed.untagged = {app_old, app_loose, loose, ukid}  # reached from no tag at all
-        pushed.indexes = {oci_index, docker_list, outer}
+        pushed = push_scenario(RegistryClient(reg.url))
         gc = garbage_collect_dry_run(reg.config_path)
         gc_m = garbage_collect_dry_run(reg.config_path, delete_untagged=True)
         yield root, pushed, gc, gc_m
@@ -398,3 +329,56 @@ def test_generated_store_matches_garbage_collect_exactly(tmp_path):
         assert _digests(r.manifests_eligible) == gc.eligible_manifests
         assert r.problems == []
         assert r.debris["sessions"] == 30
+
+
+def test_links_that_do_not_name_their_own_digest_make_the_repository_careful(tmp_path):
+    """A revision link naming another manifest: the registry serves that one, so it and all it
+    references stay, and nothing in the repository is eligible. A tag link that is not a digest:
+    which revision it keeps is unknown, so with -m no revision of it is eligible."""
+    tree = make_tree(tmp_path)
+    served, served_blobs = _image(tree, "swapped", "v1", [b"served layer"], tag_it=False)
+    # The revision directory of `served` is removed; another digest's directory now names it.
+    hx = served.split(":", 1)[1]
+    rev = tmp_path / "docker/registry/v2/repositories/swapped/_manifests/revisions/sha256"
+    (rev / hx / "link").unlink()
+    (rev / hx).rmdir()
+    decoy = tree.blob(b"a blob whose revision link names another manifest")
+    tree.link("swapped", "revision", decoy).write_text(served)
+    tree.link("swapped", "tag", decoy, "v1")
+    loose, loose_blobs = _image(tree, "garbled", "old", [b"untagged layer"], tag_it=False)
+    _kept, _ = _image(tree, "garbled", "new", [b"tagged layer"])
+    (tmp_path / "docker/registry/v2/repositories/garbled/_manifests/tags/new/current/link").write_bytes(b"\xff junk")
+    for delete_untagged in (False, True):
+        r = _run(tmp_path, delete_untagged)
+        found = {(p.kind, p.repository, p.digest) for p in r.problems}
+        assert ("bad_link", "swapped", decoy) in found
+        assert not {served, *served_blobs, decoy} & set(r.blobs_eligible)
+        assert r.manifests_eligible == []
+        assert not {loose, *loose_blobs} & set(r.blobs_eligible)
+        assert (any(p.kind == "bad_link" and p.repository == "garbled" for p in r.problems)) is delete_untagged
+    # Without the garbled tag, -m would take the untagged revision: the careful handling is what keeps it.
+    (tmp_path / "docker/registry/v2/repositories/garbled/_manifests/tags/new/current/link").write_text(_kept)
+    assert f"garbled@{loose}" in _run(tmp_path, delete_untagged=True).manifests_eligible
+
+
+def test_a_symlinked_blob_is_held_back_and_never_followed(tmp_path):
+    tree = make_tree(tmp_path)
+    m, blobs = _image(tree, "r", "v1", [b"layer"])
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not in the store")
+    data = tmp_path / "docker/registry/v2/blobs/sha256" / m[7:9] / m[7:] / "data"
+    content = data.read_bytes()
+    data.unlink()
+    (tmp_path / "copy").write_bytes(content)
+    data.symlink_to(tmp_path / "copy")  # GC would follow it and read a valid manifest
+    orphan = tree.blob(b"orphan")
+    odata = tmp_path / "docker/registry/v2/blobs/sha256" / orphan[7:9] / orphan[7:] / "data"
+    odata.unlink()
+    odata.symlink_to(outside)
+    r = _run(tmp_path)
+    found = {(p.kind, p.digest) for p in r.problems}
+    assert ("irregular_blob", m) in found and ("irregular_blob", orphan) in found
+    assert ("corrupt_manifest", m) in found  # never read through the symlink
+    assert r.blobs_eligible == []
+    assert set(r.held_back) >= {orphan}
+    assert not set(blobs) & set(r.blobs_eligible)

@@ -80,3 +80,45 @@ def test_a_failing_worker_is_an_error_not_a_gap(tree, monkeypatch):
     monkeypatch.setattr(LocalStore, "walk", walk_that_dies_in_the_worker)
     report = inventory.scan(store)
     assert any("walk worker failed" in e and "Input/output error" in e for e in report.problems.errors)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("gen") / "store"
+    gen = Path(__file__).resolve().parent.parent / "scripts" / "gen_store.py"
+    args = ["--repos", "60", "--blobs", "500", "--sessions", "20", "--seed", "5"]
+    subprocess.run([sys.executable, str(gen), *args, str(root)], check=True, capture_output=True)
+    return root
+
+
+@pytest.mark.parametrize("delete_untagged", [False, True])
+def test_audit_in_two_processes_is_the_audit_in_one(generated, monkeypatch, delete_untagged):
+    from debris import audit
+
+    one = audit.run(_store(generated, 1, monkeypatch), delete_untagged).to_json()
+    two = audit.run(_store(generated, 2, monkeypatch), delete_untagged).to_json()
+    assert one == two
+    assert one["blobs_eligible"] and one["blobs_marked"] > 100 and one["problems"] == []
+    assert bool(one["manifests_eligible"]) is delete_untagged
+
+
+def test_an_audit_whose_worker_fails_counts_nothing_eligible(generated, monkeypatch):
+    from debris import audit
+
+    store = _store(generated, 2, monkeypatch)
+    parent = os.getpid()
+    real_read_many = LocalStore.read_many
+
+    def read_many_that_dies_in_the_worker(self, *args, **kwargs):
+        if os.getpid() != parent:
+            raise OSError(5, "Input/output error")
+        return real_read_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "read_many", read_many_that_dies_in_the_worker)
+    r = audit.run(store)
+    assert r.blobs_eligible == [] and r.bytes_reclaimable == 0
+    assert any(p.kind == "incomplete" and "walk worker failed" in p.detail for p in r.problems)

@@ -280,7 +280,7 @@ class LocalStore(Store):
                     yield key, None, Changed(f"{key}: not a regular file")
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        yield key, None, Changed(f"{key}: a parent directory is not a directory (symlink?)")
+                        yield key, None, Changed(f"{key}: a symlink or a non-directory on the path")
                     else:
                         yield key, None, StoreError(f"{key}: {e.strerror}")
         finally:
