@@ -692,7 +692,10 @@ def audit(
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     if json_out:
-        render.dump_json(result.to_json())
+        data = result.to_json()
+        if st.request_counts() is not None:
+            data["requests"] = st.request_counts()
+        render.dump_json(data)
     else:
         typer.echo(render.audit_text(result, st.url, rows))
 
