@@ -287,7 +287,8 @@ class LocalStore(Store):
             for fd in cache.values():
                 os.close(fd)
 
-    _READ_CACHE_MAX = 4096
+    #: The 256 blob prefix directories of one algorithm, with room to spare, well under a 1024 fd limit.
+    _READ_CACHE_MAX = 320
 
     def _read_cached(self, cache: dict[tuple[str, ...], int], parts: list[str], limit: int) -> bytes:
         top, rest = tuple(parts[:-2]), parts[-2:]
