@@ -11,6 +11,7 @@ from debris.stores import StoreSpecError, open_store
 from debris.stores.base import Changed, StoreError, WalkProblems
 from debris.stores.local import LocalStore
 
+from conformance import BLOB as FILES_BLOB
 from conformance import FILES, SESSION, StoreConformance, _all
 
 
@@ -144,3 +145,24 @@ def test_registry_config_names_the_store(store, tmp_path):
     cfg.write_text("storage:\n  inmemory: {}\n")
     with pytest.raises(StoreError, match="not supported"):
         open_store(None, str(cfg))
+
+
+def test_read_many_never_follows_a_symlink_or_opens_a_fifo(store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data").write_bytes(b"secret")
+    blob_dir = tmp_path / "root" / os.path.dirname(os.path.dirname(FILES_BLOB))
+    os.symlink(outside, blob_dir / ("ab" * 32))  # a blob directory that is a symlink
+    os.symlink(outside / "data", tmp_path / "root" / SESSION / "linked")  # a file that is a symlink
+    os.mkfifo(tmp_path / "root" / SESSION / "fifo")
+    keys = [
+        os.path.dirname(os.path.dirname(FILES_BLOB)) + "/" + "ab" * 32 + "/data",
+        f"{SESSION}/linked",
+        f"{SESSION}/fifo",
+        FILES_BLOB,
+    ]
+    got = {key: (data, err) for key, data, err in store.read_many(keys, 100)}
+    for key in keys[:3]:
+        data, err = got[key]
+        assert data is None and isinstance(err, Changed), key
+    assert got[FILES_BLOB] == (b"blob-bytes", None)  # the cached directory still reads what is there
