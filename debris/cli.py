@@ -673,6 +673,12 @@ def probe(
 def audit(
     store: StoreArg = None,
     registry_config: ConfigOpt = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_verify_tls: NoVerifyOpt = False,
+    path_style: PathStyleOpt = False,
     delete_untagged: Annotated[
         bool,
         typer.Option(
@@ -687,7 +693,7 @@ def audit(
     from debris import render
 
     with _errors():
-        st = _open(store, registry_config)
+        st = _open(store, registry_config, endpoint_url, region, profile, ca_bundle, no_verify_tls, path_style)
         result = auditing.run(st, delete_untagged, progress=_walk_progress())
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
