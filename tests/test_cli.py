@@ -177,3 +177,18 @@ def test_help_renders(command):
     r = run(command, "--help")
     assert r.returncode == 0, r.stderr
     assert "Usage" in r.stdout and "--json" in r.stdout
+
+
+def test_every_command_that_opens_a_store_takes_the_s3_options():
+    """A STORE argument can be rgw://, which needs --endpoint-url: a command without the S3 options
+    could not open it (audit once shipped without them)."""
+    import inspect
+
+    from debris.cli import app
+
+    s3_options = {"endpoint_url", "region", "profile", "ca_bundle", "no_verify_tls", "path_style"}
+    opening = [c for c in app.registered_commands if "store" in inspect.signature(c.callback).parameters]
+    assert {c.callback.__name__ for c in opening} >= {"scan", "plan", "clean", "audit", "probe"}
+    for command in opening:
+        missing = s3_options - set(inspect.signature(command.callback).parameters)
+        assert not missing, f"{command.callback.__name__} lacks {sorted(missing)}"
