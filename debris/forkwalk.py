@@ -63,48 +63,89 @@ def fold(
     record into its own accumulator). ``finish(acc)``, when given, runs in each process after its
     walk, before the accumulator is sent: follow-up reads that should run in parallel too.
 
-    With one worker (or few starts) everything runs here. A worker that dies is an error in the
-    parent's accumulator, never a silent gap.
+    With one worker (or few starts) everything runs here. The starts are dealt out in chunks as
+    processes ask for them (``_Deal``). A worker that dies is an error in the parent's
+    accumulator, never a silent gap.
     """
-    groups = [starts[i::workers] for i in range(workers)] if workers > 1 and len(starts) > 1 else [starts]
-    children: list[tuple[int, int]] = []
-    for group in groups[1:]:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # worker: walk, fold, send, and leave without running the parent's cleanup
-            status = 0
-            try:
-                os.close(r)
-                acc = make()
-                _walk_into(store, group, descend_for(acc), acc, add, problems_of, walk_options)
-                if finish is not None:
-                    finish(acc)
-                payload = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
-            except BaseException as e:
-                payload = pickle.dumps(RuntimeError(f"walk worker failed: {e!r}"))
-                status = 1
-            try:
-                with os.fdopen(w, "wb") as out:
-                    out.write(struct.pack("!Q", len(payload)))
-                    out.write(payload)
-            finally:
-                os._exit(status)
-        os.close(w)
-        children.append((pid, r))
-    mine = make()
-    results = [mine]
-    try:
-        _walk_into(store, groups[0], descend_for(mine), mine, add, problems_of, walk_options)
+    if workers < 2 or len(starts) < 2:
+        mine = make()
+        _walk_into(store, starts, descend_for(mine), mine, add, problems_of, walk_options)
         if finish is not None:
             finish(mine)
+        return [mine]
+    deal = _Deal(len(starts))
+    children: list[tuple[int, int]] = []
+    try:
+        for _ in range(workers - 1):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # worker: walk, fold, send, and leave without running the parent's cleanup
+                status = 0
+                try:
+                    os.close(r)
+                    acc = make()
+                    _walk_into(store, deal.share(starts), descend_for(acc), acc, add, problems_of, walk_options)
+                    if finish is not None:
+                        finish(acc)
+                    payload = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
+                except BaseException as e:
+                    payload = pickle.dumps(RuntimeError(f"walk worker failed: {e!r}"))
+                    status = 1
+                try:
+                    with os.fdopen(w, "wb") as out:
+                        out.write(struct.pack("!Q", len(payload)))
+                        out.write(payload)
+                finally:
+                    os._exit(status)
+            os.close(w)
+            children.append((pid, r))
+        mine = make()
+        results = [mine]
+        try:
+            _walk_into(store, deal.share(starts), descend_for(mine), mine, add, problems_of, walk_options)
+            if finish is not None:
+                finish(mine)
+        finally:
+            for pid, r in children:
+                got = _receive(r, pid)
+                if isinstance(got, BaseException):
+                    problems_of(mine).errors.append(str(got))
+                else:
+                    results.append(got)
     finally:
-        for pid, r in children:
-            got = _receive(r, pid)
-            if isinstance(got, BaseException):
-                problems_of(mine).errors.append(str(got))
-            else:
-                results.append(got)
+        deal.close()
     return results
+
+
+class _Deal:
+    """Deals the starts out in chunks to whichever process asks next, so the walk ends together
+    wherever the work is (a forked worker also pays copy-on-write faults the parent does not).
+
+    The chunk numbers are written into a pipe up front (4 bytes each, at most 4 KiB: it never
+    blocks) and each process reads one number at a time; Linux serialises pipe reads, so every
+    chunk goes to exactly one process, and a process that dies takes nobody else's.
+    """
+
+    MAX_CHUNKS = 1024
+
+    def __init__(self, n: int):
+        chunks = min(n, self.MAX_CHUNKS)
+        self.bounds = [n * k // chunks for k in range(chunks + 1)]
+        self._r, w = os.pipe()
+        try:
+            numbers = b"".join(struct.pack("=I", k) for k in range(chunks))
+            if os.write(w, numbers) != len(numbers):
+                raise OSError("could not deal the walk out: short write to a pipe")
+        finally:
+            os.close(w)
+
+    def share(self, starts: list[tuple[str, Dir]]) -> Iterator[tuple[str, Dir]]:
+        while len(got := os.read(self._r, 4)) == 4:
+            k = struct.unpack("=I", got)[0]
+            yield from starts[self.bounds[k] : self.bounds[k + 1]]
+
+    def close(self) -> None:
+        os.close(self._r)
 
 
 def _walk_into(store, group, descend, acc, add, problems_of, walk_options) -> None:
