@@ -39,6 +39,11 @@ and the corrupt manifest's own blob are held back: never eligible, listed as a f
 whose ``data`` is not a regular file (a symlink GC's driver would follow) is held back too. Any
 walk or read error makes the whole result *incomplete*: nothing at all is eligible.
 
+Where 2.8 would break a kept index (it marks each root and one level of what it references, so
+with ``--delete-untagged`` it deletes an index's untagged children and sweeps what only they
+reference), each such revision and blob is reported (``gc_deletes_kept_manifest``,
+``gc_sweeps_kept_blob``); debris keeps them.
+
 Layer links are taken by their directory (``_layers/<alg>/<hex>/`` holding a ``link`` file): GC
 never reads them, and the name is what the registry looks them up by. Their contents are not read.
 
@@ -198,7 +203,8 @@ def examine_manifest(digest: str, content: bytes) -> References | Unreadable:
 @dataclass
 class Finding:
     kind: str  # corrupt_manifest, revision_blob_missing, link_to_missing_blob, bad_link,
-    #          reference_missing, repository_without_layers, irregular_blob, held_back, incomplete
+    #          reference_missing, repository_without_layers, irregular_blob, held_back, incomplete,
+    #          gc_deletes_kept_manifest, gc_sweeps_kept_blob (where 2.8 would break a kept index)
     detail: str
     repository: str | None = None
     digest: str | None = None
@@ -303,6 +309,49 @@ def _repository_roots(
     return valid, tagged, careful
 
 
+def _one_level(roots: set[str], manifests: dict[str, References | Unreadable]) -> set[str]:
+    """What garbage-collect 2.8 marks from ``roots``: each root and what it references directly."""
+    out = set(roots)
+    for d in roots:
+        got = manifests.get(d)
+        if type(got) is References:
+            out |= got.blobs
+            out |= got.manifests
+    return out
+
+
+def _what_gc_2_8_breaks(
+    losses: list[tuple[str, _Reach, set[str]]], gc_marked: set[str], blobs: dict[str, int]
+) -> list[Finding]:
+    """Where 2.8 would delete what a kept manifest still needs: it marks one level of an index, so
+    an index's untagged children (with -m) go, and so do the blobs only they reference."""
+    out: list[Finding] = []
+    reported: set[str] = set()
+    for repo, kept, gc_deletes in losses:
+        for d in sorted(gc_deletes & kept.manifests):
+            out.append(
+                Finding(
+                    "gc_deletes_kept_manifest",
+                    "garbage-collect 2.8 deletes this untagged revision although a kept index references it "
+                    "(debris keeps it)",
+                    repo,
+                    d,
+                )
+            )
+        for d in sorted(((kept.manifests | kept.blobs) & blobs.keys()) - gc_marked - reported):
+            reported.add(d)
+            out.append(
+                Finding(
+                    "gc_sweeps_kept_blob",
+                    "garbage-collect 2.8 sweeps this blob although a kept index's child needs it "
+                    "(it marks one index level; debris keeps it)",
+                    repo,
+                    d,
+                )
+            )
+    return out
+
+
 def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
     """Mark and sweep over ``inv``; see the module docstring for the exact rules."""
     problems: list[Finding] = []
@@ -311,6 +360,8 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
     held: set[str] = set()
     eligible_manifests: list[str] = []
     claims: list[tuple[str, set[str]]] = []  # (repository, digests it claims)
+    gc_marked: set[str] = set()  # what 2.8 marks: its roots and one level of what they reference
+    gc_loses: list[tuple[str, _Reach, set[str]]] = []  # (repository, what debris keeps, what 2.8 deletes)
 
     for repo, links in sorted(inv.repositories.items()):
         valid, tagged, careful = _repository_roots(repo, links, blobs, delete_untagged, problems)
@@ -339,14 +390,20 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
                     repo,
                 )
             )
+        roots = valid & tagged if delete_untagged else valid
         if delete_untagged and not careful:
-            kept = _closure(valid & tagged, manifests, blobs)
+            kept = _closure(roots, manifests, blobs)
             eligible_manifests += [f"{repo}@{d}" for d in sorted(valid - kept.manifests)]
         else:
             kept = full
         marked |= kept.manifests
         marked |= kept.blobs
+        if links.has_layers:
+            gc_marked |= _one_level(roots, manifests)
+            if not careful:
+                gc_loses.append((repo, kept, valid - roots))
 
+    problems += _what_gc_2_8_breaks(gc_loses, gc_marked, blobs)
     for d in sorted(inv.irregular):
         problems.append(
             Finding("irregular_blob", "data is not a regular file (symlink?): never counted eligible", None, d)
