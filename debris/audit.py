@@ -237,12 +237,16 @@ class AuditResult:
         }
 
 
-@dataclass
 class _Reach:
-    manifests: set[str] = field(default_factory=set)
-    blobs: set[str] = field(default_factory=set)
-    corrupt: set[str] = field(default_factory=set)
-    missing: set[str] = field(default_factory=set)
+    """What a closure reached: manifests (marked and followed), blobs (marked), and the problems."""
+
+    __slots__ = ("blobs", "corrupt", "manifests", "missing")
+
+    def __init__(self) -> None:
+        self.manifests: set[str] = set()
+        self.blobs: set[str] = set()
+        self.corrupt: set[str] = set()
+        self.missing: set[str] = set()
 
 
 def _closure(roots: Iterable[str], manifests: dict[str, References | Unreadable], blobs: dict[str, int]) -> _Reach:
@@ -400,7 +404,7 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
         marked |= kept.blobs
         if links.has_layers:
             gc_marked |= _one_level(roots, manifests)
-            if not careful:
+            if not careful and not kept.manifests <= roots:  # else 2.8 marks all debris keeps
                 gc_loses.append((repo, kept, valid - roots))
 
     problems += _what_gc_2_8_breaks(gc_loses, gc_marked, blobs)
