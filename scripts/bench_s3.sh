@@ -103,27 +103,9 @@ echo "debris: $HOW (package $DEBRIS_PKG); python: $PY; $BOTO"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 
 # --- a throw-away RGW -----------------------------------------------------------------------
-read -r PORT MON_PORT < <("$PY" -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-for s in socks:
-    s.close()')
 CEPH_STARTED=1 # ceph.sh stops what it started if start fails; stop is harmless then
-if ! CEPH_MON_PORT=$MON_PORT CEPH_OWNER_PID=$$ bash "$HERE/ceph.sh" start "$CEPH_DIR" "$PORT" >"$WORK/ceph.env" 2>"$WORK/ceph.log"; then
-    tail -n 40 "$WORK/ceph.log" >&2
-    fail "scripts/ceph.sh start failed"
-fi
-ENDPOINT=$(sed -n 's/^ENDPOINT=//p' "$WORK/ceph.env")
-AWS_ACCESS_KEY_ID=$(sed -n 's/^ACCESS_KEY=//p' "$WORK/ceph.env")
-AWS_SECRET_ACCESS_KEY=$(sed -n 's/^SECRET_KEY=//p' "$WORK/ceph.env")
-[[ -n "$ENDPOINT" && -n "$AWS_ACCESS_KEY_ID" && -n "$AWS_SECRET_ACCESS_KEY" ]] || fail "ceph.sh printed no ENDPOINT/ACCESS_KEY/SECRET_KEY"
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-export AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
-echo "rgw: $ENDPOINT, up in $(sed -n 's/^BRINGUP_SECONDS=//p' "$WORK/ceph.env")s (ceph.sh, memstore OSD)"
+start_rgw "$CEPH_DIR" "$WORK/ceph.log" || fail "scripts/ceph.sh start failed"
+echo "rgw: $ENDPOINT, up in ${RGW_BRINGUP}s (ceph.sh, memstore OSD)"
 S3=(--endpoint "$ENDPOINT" --bucket "$BUCKET" --root "$ROOTDIR")
 
 # --- the bucket -----------------------------------------------------------------------------
