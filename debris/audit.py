@@ -567,7 +567,14 @@ class _Collector:
     def read_manifests(self, store: Store) -> None:
         """Every manifest a revision names, then every child an index names, until none is new."""
         inv = self.inv
-        todo = {t for r in inv.repositories.values() for t in r.revisions.values() if t and _DIGEST.fullmatch(t)}
+        # Both ends of every revision link: they differ only in a damaged repository, where both are roots.
+        todo = {
+            d
+            for r in inv.repositories.values()
+            for link in r.revisions.items()
+            for d in link
+            if d and _DIGEST.fullmatch(d)
+        }
         while todo:
             keys = {blob_key(d): d for d in todo if d not in inv.manifests}
             todo = set()

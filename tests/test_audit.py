@@ -356,6 +356,10 @@ def test_links_that_do_not_name_their_own_digest_make_the_repository_careful(tmp
         r = _run(tmp_path, delete_untagged)
         found = {(p.kind, p.repository, p.digest) for p in r.problems}
         assert ("bad_link", "swapped", decoy) in found
+        # Both ends of the link were read: the decoy is judged by its bytes, not left unread.
+        assert [p.detail for p in r.problems if p.kind == "corrupt_manifest" and p.digest == decoy] == [
+            "not JSON: Expecting value: line 1 column 1 (char 0)"
+        ]
         assert not {served, *served_blobs, decoy} & set(r.blobs_eligible)
         assert r.manifests_eligible == []
         assert not {loose, *loose_blobs} & set(r.blobs_eligible)
