@@ -25,6 +25,8 @@ debris() { "$VENV/bin/debris" "$@"; }
 
 echo; echo "\$ debris scan $STORE --by-repo"
 debris scan "$STORE" --by-repo
+echo; echo "\$ debris audit $STORE --delete-untagged   # what the registry's GC would free (read-only)"
+debris audit "$STORE" --delete-untagged
 echo; echo "\$ debris plan $STORE --older-than 24h"
 debris plan "$STORE" --older-than 24h
 echo
