@@ -284,7 +284,8 @@ def _repository_roots(
     careful = False
     for dir_digest, target in sorted(links.revisions.items()):
         if target is None or not _DIGEST.fullmatch(target):
-            problems.append(Finding("bad_link", f"revision link holds {target!r}", repo, dir_digest))
+            what = "unreadable or not a regular file" if target is None else f"holds {target!r}"
+            problems.append(Finding("bad_link", f"revision link {what}", repo, dir_digest))
             careful = True
             if dir_digest in blobs:
                 valid.add(dir_digest)
@@ -304,7 +305,8 @@ def _repository_roots(
     if tags_read:
         for tag, target in sorted(links.tags.items()):
             if target is None or not _DIGEST.fullmatch(target):
-                problems.append(Finding("bad_link", f"tag {tag}: current link holds {target!r}", repo))
+                what = "unreadable or not a regular file" if target is None else f"holds {target!r}"
+                problems.append(Finding("bad_link", f"tag {tag}: current link {what}", repo))
                 careful = True
                 continue
             tagged.add(target)
@@ -526,8 +528,8 @@ class _Collector:
     def _layer_link(self, listing: Listing[Dir]) -> None:
         links = self._repository(listing)
         links.has_layers = True
-        for name, _size, _mtime, _etag, regular in listing.files:
-            if name == "link" and regular:
+        for name, *_ in listing.files:
+            if name == "link":  # even a symlink: claiming (and holding back) more is the safe side
                 d = listing.state
                 links.layers.add(self.digest(f"{d.alg}:{d.hex}"))
 
@@ -542,7 +544,10 @@ class _Collector:
 
     def _link(self, listing: Listing[Dir], links: RepoLinks, into: dict, what: str, name: str) -> None:
         for fname, _size, _mtime, _etag, regular in listing.files:
-            if fname != "link" or not regular:
+            if fname != "link":
+                continue
+            if not regular:  # GC's driver would follow a symlinked link; debris takes it as broken
+                into[name] = None
                 continue
             raw = listing.contents.get(fname) if listing.contents is not None else None
             if raw is None:  # not read during the walk (S3), or it failed there (the walk said so)

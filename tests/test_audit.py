@@ -390,3 +390,19 @@ def test_a_symlinked_blob_is_held_back_and_never_followed(tmp_path):
     assert r.blobs_eligible == []
     assert set(r.held_back) >= {orphan}
     assert not set(blobs) & set(r.blobs_eligible)
+
+
+def test_a_symlinked_revision_link_keeps_its_repository(tmp_path):
+    """GC's driver follows a symlinked ``link`` and marks the manifest; debris never follows it, so it
+    must not let that manifest's blobs go either."""
+    tree = make_tree(tmp_path)
+    m, blobs = _image(tree, "r", "v1", [b"only this image has it"], tag_it=False)
+    link = tmp_path / "docker/registry/v2/repositories/r/_manifests/revisions/sha256" / m[7:] / "link"
+    (tmp_path / "elsewhere").write_text(m)
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere")
+    for delete_untagged in (False, True):
+        r = _run(tmp_path, delete_untagged)
+        assert ("bad_link", "r", m) in {(p.kind, p.repository, p.digest) for p in r.problems}
+        assert not {m, *blobs} & set(r.blobs_eligible)
+        assert r.manifests_eligible == []
