@@ -37,7 +37,9 @@ eligible manifest there; a link naming another digest roots that digest too), an
 three causes every blob its ``_layers`` name, every digest-looking string in a corrupt manifest
 and the corrupt manifest's own blob are held back: never eligible, listed as a finding. A blob
 whose ``data`` is not a regular file (a symlink GC's driver would follow) is held back too. Any
-walk or read error makes the whole result *incomplete*: nothing at all is eligible.
+walk or read error makes the whole result *incomplete*, and so does an *opaque path* (a symlink
+GC would follow under a repository's ``_manifests`` or among repository directories, a ``link``
+in a directory outside the grammar): nothing at all is eligible.
 
 Where 2.8 would break a kept index (it marks each root and one level of what it references, so
 with ``--delete-untagged`` it deletes an index's untagged children and sweeps what only they
@@ -58,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -114,6 +117,7 @@ class Inventory:
     repositories: dict[str, RepoLinks] = field(default_factory=dict)
     manifests: dict[str, References | Unreadable] = field(default_factory=dict)  # digest -> what it references
     irregular: set[str] = field(default_factory=set)  # blobs whose data is a symlink, FIFO...: held back
+    opaque: list[str] = field(default_factory=list)  # paths GC may read references from and debris cannot
     errors: list[str] = field(default_factory=list)  # walk and read errors
 
     def repository(self, name: str) -> RepoLinks:
@@ -128,6 +132,7 @@ class Inventory:
             self.repository(name).merge(links)
         self.manifests.update(other.manifests)
         self.irregular |= other.irregular
+        self.opaque += other.opaque
         self.errors += other.errors
 
 
@@ -204,7 +209,7 @@ def examine_manifest(digest: str, content: bytes) -> References | Unreadable:
 class Finding:
     kind: str  # corrupt_manifest, revision_blob_missing, link_to_missing_blob, bad_link,
     #          reference_missing, repository_without_layers, irregular_blob, held_back, incomplete,
-    #          gc_deletes_kept_manifest, gc_sweeps_kept_blob (where 2.8 would break a kept index)
+    #          gc_deletes_kept_manifest, gc_sweeps_kept_blob (where 2.8 would break a kept index), opaque_path
     detail: str
     repository: str | None = None
     digest: str | None = None
@@ -415,8 +420,16 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
             Finding("irregular_blob", "data is not a regular file (symlink?): never counted eligible", None, d)
         )
     held |= inv.irregular
-    if inv.errors:
-        problems += [Finding("incomplete", f"could not read: {e}; nothing is counted eligible") for e in inv.errors]
+    problems += [
+        Finding(
+            "opaque_path",
+            f"{path}: not a regular file, or outside the layout, where garbage-collect may read references "
+            "debris does not; nothing is counted eligible",
+        )
+        for path in sorted(inv.opaque)
+    ]
+    problems += [Finding("incomplete", f"could not read: {e}; nothing is counted eligible") for e in inv.errors]
+    if inv.errors or inv.opaque:
         held |= set(blobs)
         eligible_manifests = []
     unmarked = blobs.keys() - marked
@@ -454,6 +467,15 @@ def audit(inv: Inventory, delete_untagged: bool = False) -> AuditResult:
 # --------------------------------------------------------------------------------------------
 # The collector (I/O, through the Store interface only)
 # --------------------------------------------------------------------------------------------
+
+
+_regular = operator.itemgetter(4)
+_REPOSITORIES_KEY = f"{layout.ROOT_PREFIX}/repositories/"
+#: What garbage-collect never reads for marking: upload sessions and layer links.
+_GC_BLIND_DIRS = (layout.RESERVED_UPLOADS, layout.RESERVED_LAYERS)
+_GC_BLIND_LEVELS = frozenset(
+    {Level.UPLOADS, Level.LAYERS, Level.LAYER_ALG, Level.LAYER_DIR} | layout.SESSION_DIR_LEVELS
+)
 
 
 def blob_key(digest: str) -> str:
@@ -506,9 +528,28 @@ class _Collector:
 
     def add(self, listing: Listing[Dir]) -> None:
         self.counter.add(listing)
-        handle = self._by_level.get(listing.state.level)
+        d = listing.state
+        handle = self._by_level.get(d.level)
         if handle is not None:
             handle(listing)
+        if d.level is Level.UNKNOWN:
+            self._unknown(listing)
+        elif (
+            (d.repository is not None or d.level is Level.REPOSITORIES)
+            and d.level not in _GC_BLIND_LEVELS
+            and False in map(_regular, listing.files)
+        ):
+            # A symlink (say, to another repository's _manifests) that GC's driver would follow.
+            self.inv.opaque += [
+                listing.file_key(f[0]) for f in listing.files if not f[4] and f[0] not in _GC_BLIND_DIRS
+            ]
+
+    def _unknown(self, listing: Listing[Dir]) -> None:
+        """A ``link`` file below repositories/ in a directory outside the grammar (a repository name
+        distribution would refuse, a bad digest): GC's own walk may still read it."""
+        key = listing.key
+        if key.startswith(_REPOSITORIES_KEY) and not any(f"/{r}/" in f"{key}/" for r in _GC_BLIND_DIRS):
+            self.inv.opaque += [listing.file_key(f[0]) for f in listing.files if f[0] == "link"]
 
     def _blob(self, listing: Listing[Dir]) -> None:
         d = listing.state

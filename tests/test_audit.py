@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import pytest
 from audit_scenario import push_scenario
@@ -406,3 +407,35 @@ def test_a_symlinked_revision_link_keeps_its_repository(tmp_path):
         assert ("bad_link", "r", m) in {(p.kind, p.repository, p.digest) for p in r.problems}
         assert not {m, *blobs} & set(r.blobs_eligible)
         assert r.manifests_eligible == []
+
+
+def test_paths_gc_would_read_and_debris_cannot_hold_everything_back(tmp_path):
+    """GC 2.8 follows symlinks and walks any directory name under repositories/; debris neither
+    follows nor trusts them, so what they might reference is unknown: nothing is eligible."""
+    tree = make_tree(tmp_path)
+    _m, _blobs = _image(tree, "ok", "v1", [b"layer"])
+    orphan = tree.blob(b"referenced by nothing debris can see")
+    repos = tmp_path / "docker/registry/v2/repositories"
+    assert set(_run(tmp_path).blobs_eligible) == {orphan}
+    # Upload sessions and layer links are never read by GC: odd names there change nothing.
+    (repos / "ok/_uploads/not-a-uuid").mkdir(parents=True)
+    (repos / "ok/_uploads/not-a-uuid/link").write_text(orphan)
+    assert set(_run(tmp_path).blobs_eligible) == {orphan}
+    # A repository name distribution would refuse, holding a revision: GC's catalog still visits it.
+    bad = repos / "-dash/_manifests/revisions/sha256" / orphan[7:]
+    bad.mkdir(parents=True)
+    (bad / "link").write_text(orphan)
+    r = _run(tmp_path)
+    assert r.blobs_eligible == []
+    assert [p.detail.split(":")[0] for p in r.problems if p.kind == "opaque_path"] == [
+        f"docker/registry/v2/repositories/-dash/_manifests/revisions/sha256/{orphan[7:]}/link"
+    ]
+    shutil.rmtree(repos / "-dash")
+    # A repository whose _manifests is a symlink: GC's driver follows it.
+    (repos / "linked/_layers").mkdir(parents=True)
+    (repos / "linked/_manifests").symlink_to(repos / "ok/_manifests")
+    r = _run(tmp_path, delete_untagged=True)
+    assert r.blobs_eligible == [] and r.manifests_eligible == []
+    assert {p.detail.split(":")[0] for p in r.problems if p.kind == "opaque_path"} == {
+        "docker/registry/v2/repositories/linked/_manifests"
+    }
