@@ -85,7 +85,8 @@ _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib
 
 class References(NamedTuple):
     blobs: frozenset[str]  # config, layers, blobSums: marked, never parsed
-    manifests: frozenset[str]  # index children, subject: marked and followed
+    manifests: frozenset[str]  # index children and subject: marked and followed
+    subject: frozenset[str] = frozenset()  # the subject alone: 2.8 does not know the field
 
 
 class Unreadable(NamedTuple):
@@ -184,12 +185,12 @@ def parse_manifest(digest: str, content: bytes) -> References:
     if not ("manifests" in doc or "config" in doc or "blobs" in doc):
         raise ManifestError("schemaVersion 2 but neither an image manifest nor an index")
     manifests = _digests(doc, "manifests")
-    if "subject" in doc:
-        manifests += _digests({"subject": [doc["subject"]]}, "subject")
+    subject = _digests({"subject": [doc["subject"]]}, "subject") if "subject" in doc else []
+    manifests += subject
     blobs = _digests(doc, "layers") + _digests(doc, "blobs")  # blobs: OCI artifact manifest
     if "config" in doc:
         blobs += _digests({"config": [doc["config"]]}, "config")
-    return References(frozenset(blobs), frozenset(manifests))
+    return References(frozenset(blobs), frozenset(manifests), frozenset(subject))
 
 
 def examine_manifest(digest: str, content: bytes) -> References | Unreadable:
@@ -327,7 +328,7 @@ def _one_level(roots: set[str], manifests: dict[str, References | Unreadable]) -
         got = manifests.get(d)
         if type(got) is References:
             out |= got.blobs
-            out |= got.manifests
+            out |= got.manifests - got.subject
     return out
 
 
@@ -343,8 +344,8 @@ def _what_gc_2_8_breaks(
             out.append(
                 Finding(
                     "gc_deletes_kept_manifest",
-                    "garbage-collect 2.8 deletes this untagged revision although a kept index references it "
-                    "(debris keeps it)",
+                    "garbage-collect 2.8 deletes this untagged revision although a kept manifest references it "
+                    "(an index child, a referrer's subject); debris keeps it",
                     repo,
                     d,
                 )
@@ -354,8 +355,8 @@ def _what_gc_2_8_breaks(
             out.append(
                 Finding(
                     "gc_sweeps_kept_blob",
-                    "garbage-collect 2.8 sweeps this blob although a kept index's child needs it "
-                    "(it marks one index level; debris keeps it)",
+                    "garbage-collect 2.8 sweeps this blob although a kept manifest needs it through such a "
+                    "revision (2.8 marks one level); debris keeps it",
                     repo,
                     d,
                 )
@@ -636,7 +637,11 @@ class _Collector:
                     got = examine_manifest(d, data)
                     if type(got) is References:
                         intern = self.digest
-                        got = References(frozenset(map(intern, got.blobs)), frozenset(map(intern, got.manifests)))
+                        got = References(
+                            frozenset(map(intern, got.blobs)),
+                            frozenset(map(intern, got.manifests)),
+                            frozenset(map(intern, got.subject)),
+                        )
                         todo |= got.manifests
                     inv.manifests[d] = got
 

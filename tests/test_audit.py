@@ -29,6 +29,7 @@ from registry import (
     RegistryClient,
     RegistryServer,
     garbage_collect_dry_run,
+    make_layer,
     requires_registry_tools,
     sha256_digest,
 )
@@ -276,7 +277,9 @@ def test_parse_manifest_kinds():
             "subject": {"digest": subj},
         }
     ).encode()
-    assert audit.parse_manifest(sha256_digest(oci), oci) == audit.References(frozenset({cfg, layer}), frozenset({subj}))
+    assert audit.parse_manifest(sha256_digest(oci), oci) == audit.References(
+        frozenset({cfg, layer}), frozenset({subj}), subject=frozenset({subj})
+    )
     with pytest.raises(audit.ManifestError):
         audit.parse_manifest(sha256_digest(b"other"), oci)  # wrong digest
     bad = json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:nothex"}}).encode()
@@ -439,3 +442,33 @@ def test_paths_gc_would_read_and_debris_cannot_hold_everything_back(tmp_path):
     assert {p.detail.split(":")[0] for p in r.problems if p.kind == "opaque_path"} == {
         "docker/registry/v2/repositories/linked/_manifests"
     }
+
+
+@pytest.mark.registry
+@requires_registry_tools
+def test_a_tagged_referrer_keeps_its_subject_where_gc_2_8_sweeps_it(tmp_path):
+    """An OCI manifest with a ``subject`` (a signature pushed with a tag) naming an untagged image:
+    2.8 does not know ``subject``, so with -m it deletes the image and sweeps its blobs. debris keeps
+    them and reports exactly what 2.8 would take."""
+    with RegistryServer(rootdirectory=tmp_path / "store", workdir=tmp_path / "work") as reg:
+        c = RegistryClient(reg.url)
+        image = c.push_image("r", None, [make_layer("subject", b"subject layer")], kind="oci")
+        size = len(c.get_manifest("r", image).body)
+        empty = c.push_blob_monolithic("r", b"{}")
+        signature = c.push_blob_monolithic("r", b"signature payload")
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": empty},
+                "layers": [{"mediaType": "application/octet-stream", "size": 17, "digest": signature}],
+                "subject": {"mediaType": MT_OCI_MANIFEST, "size": size, "digest": image},
+            }
+        ).encode()
+        c.put_manifest("r", "sha256-signature", body, MT_OCI_MANIFEST)
+        gc_m = garbage_collect_dry_run(reg.config_path, delete_untagged=True)
+    r = _run(tmp_path / "store", delete_untagged=True)
+    assert gc_m.eligible_manifests == {image} and r.manifests_eligible == []
+    assert gc_m.eligible_blobs and r.blobs_eligible == []
+    found = {(p.kind, p.digest) for p in r.problems}
+    assert found == {("gc_deletes_kept_manifest", image)} | {("gc_sweeps_kept_blob", d) for d in gc_m.eligible_blobs}
