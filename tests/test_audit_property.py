@@ -1,13 +1,13 @@
 """Property tests for the audit's mark and sweep, against two independent models.
 
-Random registries (images, indexes nested at any depth, several repositories sharing blobs,
+Random registries (images, referrers with a ``subject``, indexes nested at any depth, several repositories sharing blobs,
 tags, untagged revisions, repositories without ``_layers``) are audited with ``audit.audit``
 and held against:
 
 * what is really needed: the full closure of every root, written here from scratch. Nothing in
   it may ever be eligible (data loss if it were);
-* a model of distribution 2.8's garbage-collect (each root and one level of what it references;
-  repositories without ``_layers`` never visited). debris is never more aggressive, and where
+* a model of distribution 2.8's garbage-collect (each root and one level of what it references,
+  OCI ``subject`` unknown to it; repositories without ``_layers`` never visited). debris is never more aggressive, and where
   the repositories all have ``_layers`` the difference is exactly what debris reports as
   ``gc_deletes_kept_manifest`` / ``gc_sweeps_kept_blob``.
 """
@@ -40,7 +40,9 @@ def registries(draw):
         else:
             refs = draw(st.lists(st.sampled_from(layers), min_size=1, max_size=4, unique=True))
             m = _d(i, "image")
-            manifests[m] = audit.References(frozenset({_d(i, "config"), *refs}), frozenset())
+            # A referrer (signature, SBOM) names an earlier manifest as its subject.
+            subject = frozenset(draw(st.lists(st.sampled_from(order), max_size=1)) if order else ())
+            manifests[m] = audit.References(frozenset({_d(i, "config"), *refs}), subject, subject)
         order.append(m)
     blobs = {d: 10 for d in layers}
     blobs |= {d: 1 for m in manifests.values() for d in m.blobs}
@@ -95,7 +97,8 @@ def _gc_2_8(inv: audit.Inventory, delete_untagged: bool) -> tuple[set[str], set[
             if delete_untagged and m not in tagged:
                 deleted.add(f"{repo}@{m}")
                 continue
-            marked |= {m} | inv.manifests[m].blobs | inv.manifests[m].manifests
+            refs = inv.manifests[m]
+            marked |= {m} | refs.blobs | (refs.manifests - refs.subject)  # 2.8 does not know subject
     return set(inv.blobs) - marked, deleted
 
 
