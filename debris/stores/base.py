@@ -202,10 +202,14 @@ class Store(ABC):
         order, one per key. A remote store reads ``parallel_reads`` at a time; the default reads
         one by one."""
         for key in keys:
-            try:
-                yield key, self.read(key, limit), None
-            except StoreError as e:
-                yield key, None, e
+            yield self._read_one(key, limit)
+
+    def _read_one(self, key: str, limit: int) -> tuple[str, bytes | None, StoreError | None]:
+        """One ``read_many`` answer: ``read`` with its StoreError as data."""
+        try:
+            return key, self.read(key, limit), None
+        except StoreError as e:
+            return key, None, e
 
     @abstractmethod
     def remove_file(self, key: str, expected: FileInfo) -> int:

@@ -91,6 +91,14 @@ def _write_error(key: str, e: OSError) -> StoreError:
     return err
 
 
+def _clean_parts(key: str) -> list[str]:
+    """The components of a store key; StoreError for an empty key or an empty, "." or ".." part."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"refusing unclean key {key!r}")
+    return parts
+
+
 class LocalStore(Store):
     capabilities = frozenset({Capability.DIRECTORIES, Capability.FREE_SPACE})
 
@@ -137,9 +145,7 @@ class LocalStore(Store):
         return fd
 
     def _parent(self, key: str) -> tuple[int, str]:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise StoreError(f"refusing unclean key {key!r}")
+        parts = _clean_parts(key)
         try:
             return self._open_dir(parts[:-1]), parts[-1]
         except FileNotFoundError:
@@ -268,16 +274,14 @@ class LocalStore(Store):
         cache: dict[tuple[str, ...], int] = {}
         try:
             for key in keys:
-                parts = key.split("/")
-                if not key or any(p in ("", ".", "..") for p in parts):
-                    yield key, None, StoreError(f"refusing unclean key {key!r}")
-                    continue
                 try:
-                    yield key, self._read_cached(cache, parts, limit), None
+                    yield key, self._read_cached(cache, _clean_parts(key), limit), None
+                except Changed:  # from _read_at, which names the file only
+                    yield key, None, Changed(f"{key}: not a regular file")
+                except StoreError as e:
+                    yield key, None, e
                 except FileNotFoundError:
                     yield key, None, None
-                except Changed:
-                    yield key, None, Changed(f"{key}: not a regular file")
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
                         yield key, None, Changed(f"{key}: a symlink or a non-directory on the path")
@@ -342,9 +346,7 @@ class LocalStore(Store):
             os.close(fd)
 
     def write_new(self, key: str, data: bytes, created: list[str]) -> FileInfo:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise StoreError(f"refusing unclean key {key!r}")
+        parts = _clean_parts(key)
         fd = os.dup(self._root_fd)
         try:
             for n, p in enumerate(parts[:-1]):

@@ -343,18 +343,11 @@ class S3Store(Store):
 
     def read_many(self, keys: Iterable[str], limit: int) -> Iterator[tuple[str, bytes | None, StoreError | None]]:
         """GETs on a bounded pool, a few in flight per worker; results as they complete."""
-
-        def one(key: str) -> tuple[str, bytes | None, StoreError | None]:
-            try:
-                return key, self.read(key, limit), None
-            except StoreError as e:
-                return key, None, e
-
         window = self.workers * 4
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="debris-read") as pool:
             pending: set[Future] = set()
             for key in keys:
-                pending.add(pool.submit(one, key))
+                pending.add(pool.submit(self._read_one, key, limit))
                 if len(pending) >= window:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
