@@ -510,7 +510,7 @@ class _Collector:
         self.inv = Inventory()
         self.counter = ScanCounter()
         self.read_tags = read_tags
-        self.unread: dict[str, tuple[RepoLinks, str, str]] = {}  # link key -> (links, "revision"|"tag", name)
+        self.unread: dict[str, tuple[dict[str, str | None], str]] = {}  # link key -> (where it goes, under what)
         self._digests: dict[str, str] = {}
         # Levels that hold what the audit needs. The repository-level ones also say the repository
         # exists (an S3 listing yields only directories that hold objects, so the deepest count too).
@@ -578,13 +578,12 @@ class _Collector:
     def _revision(self, listing: Listing[Dir]) -> None:
         d = listing.state
         links = self._repository(listing)
-        self._link(listing, links, links.revisions, "revision", self.digest(f"{d.alg}:{d.hex}"))
+        self._link(listing, links.revisions, self.digest(f"{d.alg}:{d.hex}"))
 
     def _tag(self, listing: Listing[Dir]) -> None:
-        links = self._repository(listing)
-        self._link(listing, links, links.tags, "tag", listing.state.tag)  # type: ignore[arg-type]
+        self._link(listing, self._repository(listing).tags, listing.state.tag)  # type: ignore[arg-type]
 
-    def _link(self, listing: Listing[Dir], links: RepoLinks, into: dict, what: str, name: str) -> None:
+    def _link(self, listing: Listing[Dir], into: dict[str, str | None], name: str) -> None:
         for fname, _size, _mtime, _etag, regular in listing.files:
             if fname != "link":
                 continue
@@ -595,7 +594,7 @@ class _Collector:
             if raw is None:  # not read during the walk (S3), or it failed there (the walk said so)
                 into[name] = None
                 if listing.contents is None:
-                    self.unread[listing.file_key(fname)] = (links, what, name)
+                    self.unread[listing.file_key(fname)] = (into, name)
             else:
                 into[name] = self.digest(raw.decode("ascii", "replace").strip())
 
@@ -603,12 +602,11 @@ class _Collector:
         """The reads that follow the walk: links the walk could not read, then the manifests."""
         if self.unread:
             for key, data, err in store.read_many(list(self.unread), LINK_READ_LIMIT):
-                links, what, name = self.unread.pop(key)
+                into, name = self.unread.pop(key)
                 if err is not None:
                     self.inv.errors.append(str(err))
                 elif data is not None:
-                    target = self.digest(data.decode("ascii", "replace").strip())
-                    (links.revisions if what == "revision" else links.tags)[name] = target
+                    into[name] = self.digest(data.decode("ascii", "replace").strip())
         self.read_manifests(store)
 
     def read_manifests(self, store: Store) -> None:

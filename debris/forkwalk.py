@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from debris.layout import Dir, Level
@@ -67,12 +67,16 @@ def fold(
     processes ask for them (``_Deal``). A worker that dies is an error in the parent's
     accumulator, never a silent gap.
     """
-    if workers < 2 or len(starts) < 2:
-        mine = make()
-        _walk_into(store, starts, descend_for(mine), mine, add, problems_of, walk_options)
+
+    def walk_here(group: Iterable[tuple[str, Dir]]) -> A:
+        acc = make()
+        _walk_into(store, group, descend_for(acc), acc, add, problems_of, walk_options)
         if finish is not None:
-            finish(mine)
-        return [mine]
+            finish(acc)
+        return acc
+
+    if workers < 2 or len(starts) < 2:
+        return [walk_here(starts)]
     deal = _Deal(len(starts))
     children: list[tuple[int, int]] = []
     try:
@@ -83,11 +87,7 @@ def fold(
                 status = 0
                 try:
                     os.close(r)
-                    acc = make()
-                    _walk_into(store, deal.share(starts), descend_for(acc), acc, add, problems_of, walk_options)
-                    if finish is not None:
-                        finish(acc)
-                    payload = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
+                    payload = pickle.dumps(walk_here(deal.share(starts)), protocol=pickle.HIGHEST_PROTOCOL)
                 except BaseException as e:
                     payload = pickle.dumps(RuntimeError(f"walk worker failed: {e!r}"))
                     status = 1
@@ -99,21 +99,18 @@ def fold(
                     os._exit(status)
             os.close(w)
             children.append((pid, r))
-        mine = make()
-        results = [mine]
         try:
-            _walk_into(store, deal.share(starts), descend_for(mine), mine, add, problems_of, walk_options)
-            if finish is not None:
-                finish(mine)
-        finally:
-            for pid, r in children:
-                got = _receive(r, pid)
-                if isinstance(got, BaseException):
-                    problems_of(mine).errors.append(str(got))
-                else:
-                    results.append(got)
+            mine = walk_here(deal.share(starts))
+        finally:  # reap every worker, even when this walk failed
+            received = [_receive(r, pid) for pid, r in children]
     finally:
         deal.close()
+    results = [mine]
+    for got in received:
+        if isinstance(got, BaseException):
+            problems_of(mine).errors.append(str(got))
+        else:
+            results.append(got)
     return results
 
 
