@@ -40,6 +40,11 @@ def dump_json(data: dict, out: TextIO | None = None) -> None:
     jsonio.dump(data, out or sys.stdout)
 
 
+def _more(total: int, rows: int) -> list[str]:
+    """The line that says a list was cut at ``rows``, if it was."""
+    return [f"  ... {total - rows} more (--json lists all)"] if total > rows else []
+
+
 def _unknown_lines(u: UnknownReport, rows: int) -> list[str]:
     if not u.count:
         return []
@@ -167,8 +172,7 @@ def apply_text(result: ApplyResult, rows: int = DEFAULT_ROWS) -> str:
         if items:
             out.append(f"\n{len(items)} {title}:")
             out += [f"  {o.item.label()}: {o.reason}" for o in items[:rows]]
-            if len(items) > rows:
-                out.append(f"  ... {len(items) - rows} more (--json lists all)")
+            out += _more(len(items), rows)
     out += _error_lines(result.errors)
     if result.confirmed:
         summary = f"\n{verb} {len(done)} item(s), {size(result.bytes_freed)} freed"
@@ -195,18 +199,15 @@ def audit_text(result: AuditResult, store_url: str, rows: int = DEFAULT_ROWS) ->
     repo_rows = [[r, size(b)] for r, b in sorted(result.by_repository.items(), key=lambda kv: -kv[1]) if b]
     if repo_rows:
         out += ["", table(repo_rows[:rows], ["repository", "frees alone"])]
-        if len(repo_rows) > rows:
-            out.append(f"  ... {len(repo_rows) - rows} more (--json lists all)")
+        out += _more(len(repo_rows), rows)
     if result.manifests_eligible:
         out += ["", "manifests eligible:"] + [f"  {m}" for m in result.manifests_eligible[:rows]]
-        if len(result.manifests_eligible) > rows:
-            out.append(f"  ... {len(result.manifests_eligible) - rows} more (--json lists all)")
+        out += _more(len(result.manifests_eligible), rows)
     if result.problems:
         out += ["", f"{len(result.problems)} problem(s) garbage-collect does not see:"]
         prob_rows = [[p.kind, p.repository or "", p.digest or "", p.detail] for p in result.problems[:rows]]
         out.append(table(prob_rows, ["problem", "repository", "digest", "detail"]))
-        if len(result.problems) > rows:
-            out.append(f"  ... {len(result.problems) - rows} more (--json lists all)")
+        out += _more(len(result.problems), rows)
     d = result.debris
     if d:
         sessions = d["totals"].get(Kind.UPLOAD_SESSION.value, {"bytes": 0})["bytes"]
