@@ -8,7 +8,14 @@ untagged index, and a manifest deleted by digest.
 
 from __future__ import annotations
 
-from registry import MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, RegistryClient, make_layer
+from debris import audit
+
+from registry import MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, GCResult, RegistryClient, make_layer
+
+#: What ``debris audit --json`` always carries (S3 stores add ``requests``).
+AUDIT_JSON_KEYS = frozenset(
+    {"blobs_marked", "blobs_eligible", "manifests_eligible", "bytes_reclaimable", "by_repository", "debris", "problems"}
+)
 
 
 class Pushed:
@@ -80,3 +87,33 @@ def push_scenario(c: RegistryClient) -> Pushed:
     pushed.untagged = {app_old, app_loose, loose, ukid}  # reached from no tag at all
     pushed.indexes = {oci_index, docker_list, outer}
     return pushed
+
+
+def check_delete_untagged(pushed: Pushed, gc_m: GCResult, data: dict, children: dict[str, bytes]) -> None:
+    """``debris audit --delete-untagged --json`` output (``data``) against ``garbage-collect --dry-run
+    --delete-untagged`` on the scenario: never more aggressive, differing only by the kept index
+    children (``children``: their manifest bodies) and what they reference, and reporting exactly that."""
+    mine_b = set(data["blobs_eligible"])
+    mine_m = {m.split("@", 1)[1] for m in data["manifests_eligible"]}
+    assert mine_b <= gc_m.eligible_blobs
+    assert mine_m <= gc_m.eligible_manifests
+    # Every manifest GC would delete and debris would not is a child (at any depth) of a kept index.
+    assert set(children) == pushed.kept_index_children
+    assert gc_m.eligible_manifests - mine_m == pushed.kept_index_children
+    # Every blob GC would delete and debris would not is one of those children or what they reference.
+    explained = set(pushed.kept_index_children)
+    for child, body in children.items():
+        refs = audit.parse_manifest(child, body)
+        explained |= refs.blobs | refs.manifests
+        assert not (refs.blobs | refs.manifests) & mine_b  # debris keeps all a kept child references
+    extra = gc_m.eligible_blobs - mine_b
+    assert extra and extra <= explained
+    # Outside kept indexes both agree: the re-tagged, pushed-by-digest and untagged-index revisions go.
+    assert pushed.untagged_index in mine_m
+    assert mine_m == pushed.untagged
+    assert gc_m.eligible_manifests == pushed.untagged | pushed.kept_index_children
+    # And debris says so: exactly what 2.8 would delete that a kept index still needs is reported.
+    found = {(p["kind"], p["digest"]) for p in data["problems"]}
+    assert {k for k, _ in found} == {"gc_deletes_kept_manifest", "gc_sweeps_kept_blob"}
+    assert {d for k, d in found if k == "gc_deletes_kept_manifest"} == gc_m.eligible_manifests - mine_m
+    assert {d for k, d in found if k == "gc_sweeps_kept_blob"} == extra

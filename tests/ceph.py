@@ -460,3 +460,16 @@ def debris_env(ceph: CephCluster | None) -> dict[str, str]:
         env["AWS_ACCESS_KEY_ID"] = ceph.access_key
         env["AWS_SECRET_ACCESS_KEY"] = ceph.secret_key
     return env
+
+
+def run_debris(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m debris ARGS`` from the checkout, in ``env`` (see ``debris_env``), never raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "debris", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )

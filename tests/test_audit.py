@@ -15,7 +15,7 @@ import os
 import shutil
 
 import pytest
-from audit_scenario import push_scenario
+from audit_scenario import AUDIT_JSON_KEYS, check_delete_untagged, push_scenario
 from typer.testing import CliRunner
 
 from debris import audit
@@ -93,28 +93,8 @@ def _blob_store(root) -> set[str]:
 @requires_registry_tools
 def test_delete_untagged_never_more_aggressive_and_differs_only_by_kept_index_children(real):
     root, pushed, _, gc_m = real
-    r = _run(root, delete_untagged=True)
-    mine_m = _digests(r.manifests_eligible)
-    assert set(r.blobs_eligible) <= gc_m.eligible_blobs
-    assert mine_m <= gc_m.eligible_manifests
-    # Every manifest GC would delete and debris would not is a child (at any depth) of a kept index.
-    assert gc_m.eligible_manifests - mine_m == pushed.kept_index_children
-    # Every blob GC would delete and debris would not is one of those children or what they reference.
-    explained = set(pushed.kept_index_children)
-    for child in pushed.kept_index_children:
-        refs = audit.parse_manifest(child, _blob(root, child))
-        explained |= refs.blobs | refs.manifests
-    extra = gc_m.eligible_blobs - set(r.blobs_eligible)
-    assert extra and extra <= explained
-    # Outside kept indexes both agree: the re-tagged, pushed-by-digest and untagged-index revisions go.
-    assert pushed.untagged_index in mine_m
-    assert mine_m == pushed.untagged
-    assert gc_m.eligible_manifests == pushed.untagged | pushed.kept_index_children
-    # And debris says so: exactly what 2.8 would delete that a kept index still needs is reported.
-    found = {(p.kind, p.digest) for p in r.problems}
-    assert {p.kind for p in r.problems} == {"gc_deletes_kept_manifest", "gc_sweeps_kept_blob"}
-    assert {d for k, d in found if k == "gc_deletes_kept_manifest"} == gc_m.eligible_manifests - mine_m
-    assert {d for k, d in found if k == "gc_sweeps_kept_blob"} == extra
+    children = {child: _blob(root, child) for child in pushed.kept_index_children}
+    check_delete_untagged(pushed, gc_m, _run(root, delete_untagged=True).to_json(), children)
 
 
 def _blob(root, digest: str) -> bytes:
@@ -149,15 +129,7 @@ def test_cli_json_keys_and_exit_code(real):
     res = CliRunner().invoke(app, ["audit", str(root), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {
-        "blobs_marked",
-        "blobs_eligible",
-        "manifests_eligible",
-        "bytes_reclaimable",
-        "by_repository",
-        "debris",
-        "problems",
-    }
+    assert set(data) == AUDIT_JSON_KEYS
     assert set(data["blobs_eligible"]) == gc.eligible_blobs
     # The deleted manifest's repository frees its own layer; shared layers are nobody's alone.
     assert data["by_repository"]["gone"] > 0

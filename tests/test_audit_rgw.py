@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-from audit_scenario import push_scenario
+from audit_scenario import AUDIT_JSON_KEYS, check_delete_untagged, push_scenario
 
 from debris import audit
 from debris.stores import open_store
 
 from ceph import debris_env, requires_ceph
+from ceph import run_debris as debris
 from registry import (
     RegistryClient,
     RegistryHTTPError,
@@ -40,25 +39,12 @@ from registry import (
 
 pytestmark = [pytest.mark.rgw, pytest.mark.registry, requires_ceph, requires_registry_tools]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ROOTDIR = "registry"  # the s3 driver's rootdirectory, "/registry" in its config
 BLOBS = f"{ROOTDIR}/docker/registry/v2/blobs/"
 ABANDONED_REPO = "app"
 ABANDONED_BYTES = 150_000  # one PATCH: one part of the session's open multipart upload
 #: What an audit may ask S3 for: listings and reads only.
 READ_OPERATIONS = {"ListObjectsV2", "ListMultipartUploads", "ListParts", "GetObject", "HeadObject", "HeadBucket"}
-
-
-def debris(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "debris", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO_ROOT,
-        check=False,
-    )
 
 
 def bucket_state(s3, bucket: str) -> tuple[dict, dict]:
@@ -83,10 +69,6 @@ def bucket_state(s3, bucket: str) -> tuple[dict, dict]:
 def _json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout)
-
-
-def _digests(manifests: list[str]) -> set[str]:
-    return {m.split("@", 1)[1] for m in manifests}
 
 
 @pytest.fixture(scope="module")
@@ -202,16 +184,7 @@ def test_cli_audits_rgw_url(world):
 def test_eligible_sets_equal_garbage_collect(world):
     gc = world["gc"]
     data = _json(world["by_config"][False])
-    assert set(data) == {
-        "blobs_marked",
-        "blobs_eligible",
-        "manifests_eligible",
-        "bytes_reclaimable",
-        "by_repository",
-        "debris",
-        "problems",
-        "requests",
-    }
+    assert set(data) == AUDIT_JSON_KEYS | {"requests"}
     assert set(data["blobs_eligible"]) == gc.eligible_blobs
     assert data["blobs_eligible"]  # the deleted manifest's blobs (and the re-tag's) are there to find
     assert data["manifests_eligible"] == [] and gc.eligible_manifests == set()
@@ -224,30 +197,9 @@ def test_eligible_sets_equal_garbage_collect(world):
 
 
 def test_delete_untagged_never_more_aggressive_and_differs_only_by_kept_index_children(world):
-    pushed, gc_m, children = world["pushed"], world["gc_m"], world["children"]
     data = _json(world["by_config"][True])
-    mine_b, mine_m = set(data["blobs_eligible"]), _digests(data["manifests_eligible"])
-    assert mine_b <= gc_m.eligible_blobs
-    assert mine_m <= gc_m.eligible_manifests
-    # Every manifest GC would delete and debris would not is a child (at any depth) of a kept index.
-    assert gc_m.eligible_manifests - mine_m == pushed.kept_index_children
-    # Every blob GC would delete and debris would not is one of those children or what they reference.
-    explained = set(pushed.kept_index_children)
-    for child, body in children.items():
-        refs = audit.parse_manifest(child, body)
-        explained |= refs.blobs | refs.manifests
-        assert not (refs.blobs | refs.manifests) & mine_b  # debris keeps all a kept child references
-    extra = gc_m.eligible_blobs - mine_b
-    assert extra and extra <= explained
-    # Outside kept indexes both agree: the re-tagged, pushed-by-digest and untagged-index revisions go.
-    assert pushed.untagged_index in mine_m
-    assert mine_m == pushed.untagged
-    assert gc_m.eligible_manifests == pushed.untagged | pushed.kept_index_children
-    # debris reports exactly what 2.8 would delete that a kept index still needs.
-    found = {(p["kind"], p["digest"]) for p in data["problems"]}
-    assert {k for k, _ in found} == {"gc_deletes_kept_manifest", "gc_sweeps_kept_blob"}
-    assert {d for k, d in found if k == "gc_deletes_kept_manifest"} == gc_m.eligible_manifests - mine_m
-    assert {d for k, d in found if k == "gc_sweeps_kept_blob"} == extra
+    check_delete_untagged(world["pushed"], world["gc_m"], data, world["children"])
+    mine_b = set(data["blobs_eligible"])
     sizes = _blob_sizes(world)
     assert data["bytes_reclaimable"] == sum(sizes[d] for d in mine_b)
 

@@ -67,17 +67,22 @@ def test_two_processes_see_what_one_sees(tree, monkeypatch):
     assert len([i for i in plan["items"] if i["class"] == "temp_file"]) == 1
 
 
-def test_a_failing_worker_is_an_error_not_a_gap(tree, monkeypatch):
-    store = _store(tree.root, 2, monkeypatch)
+def _fail_in_the_worker(monkeypatch, method: str) -> None:
+    """LocalStore.<method> raises EIO in any process but this one (the forked walk worker)."""
     parent = os.getpid()
-    real_walk = LocalStore.walk
+    real = getattr(LocalStore, method)
 
-    def walk_that_dies_in_the_worker(self, *args, **kwargs):
+    def dies_in_the_worker(self, *args, **kwargs):
         if os.getpid() != parent:
             raise OSError(5, "Input/output error")
-        return real_walk(self, *args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalStore, "walk", walk_that_dies_in_the_worker)
+    monkeypatch.setattr(LocalStore, method, dies_in_the_worker)
+
+
+def test_a_failing_worker_is_an_error_not_a_gap(tree, monkeypatch):
+    store = _store(tree.root, 2, monkeypatch)
+    _fail_in_the_worker(monkeypatch, "walk")
     report = inventory.scan(store)
     assert any("walk worker failed" in e and "Input/output error" in e for e in report.problems.errors)
 
@@ -110,15 +115,7 @@ def test_an_audit_whose_worker_fails_counts_nothing_eligible(generated, monkeypa
     from debris import audit
 
     store = _store(generated, 2, monkeypatch)
-    parent = os.getpid()
-    real_read_many = LocalStore.read_many
-
-    def read_many_that_dies_in_the_worker(self, *args, **kwargs):
-        if os.getpid() != parent:
-            raise OSError(5, "Input/output error")
-        return real_read_many(self, *args, **kwargs)
-
-    monkeypatch.setattr(LocalStore, "read_many", read_many_that_dies_in_the_worker)
+    _fail_in_the_worker(monkeypatch, "read_many")
     r = audit.run(store)
     assert r.blobs_eligible == [] and r.bytes_reclaimable == 0
     assert any(p.kind == "incomplete" and "walk worker failed" in p.detail for p in r.problems)

@@ -36,15 +36,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from ceph import debris_env, requires_ceph
+from ceph import run_debris as debris
 from registry import (
     RegistryClient,
     RegistryHTTPError,
@@ -60,7 +59,6 @@ from registry import (
 
 pytestmark = [pytest.mark.rgw, pytest.mark.registry, requires_ceph, requires_registry_tools]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ROOTDIR = "registry"  # the s3 driver's rootdirectory, "/registry" in its config
 V2 = f"{ROOTDIR}/docker/registry/v2"
 #: Long enough that every piece of debris is idle more than 1 s by RGW's own timestamps.
@@ -68,18 +66,6 @@ SETTLE = 2.2
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def debris(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "debris", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO_ROOT,
-        check=False,
-    )
 
 
 def session_prefix(repo: str, upload_id: str) -> str:
