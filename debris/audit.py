@@ -506,9 +506,9 @@ class _Collector:
     naming it, so a forked worker's result pickles each digest once (and the audit holds it once).
     """
 
-    def __init__(self, read_tags: bool):
+    def __init__(self, read_tags: bool, counter: ScanCounter | None = None):
         self.inv = Inventory()
-        self.counter = ScanCounter()
+        self.counter = counter if counter is not None else ScanCounter()
         self.read_tags = read_tags
         self.unread: dict[str, tuple[dict[str, str | None], str]] = {}  # link key -> (where it goes, under what)
         self._digests: dict[str, str] = {}
@@ -658,7 +658,7 @@ def collect(
     so ``counter`` (when given) gets the ``debris scan`` totals from the same listings. Tags are
     read only for ``delete_untagged``: without it no tag changes what GC keeps."""
     read = _links_to_read(delete_untagged)
-    main = _Collector(delete_untagged)
+    main = _Collector(delete_untagged, counter)
     problems = main.counter.report.problems
     if store.walk_processes > 1:
         from debris import forkwalk
@@ -671,18 +671,15 @@ def collect(
             lambda c: c.counter.report.problems, store.walk_processes, finish=lambda c: c.finish(store), read=read,
         )  # fmt: skip
         for part in parts:
-            if part is not main:
-                main.merge(part)
+            main.merge(part)
     else:
         walk = store.walk("", layout.STORE_ROOT, every_directory, problems, _flat_below, read)
         for n, listing in enumerate(walk, 1):
             if progress:
                 progress(n)
             main.add(listing)
-    main.finish(store)  # what is left: nothing after a forked walk unless an index crossed workers
+    main.finish(store)  # after a forked walk only a no-op: each process read what its revisions name
     main.inv.errors = problems.errors + main.inv.errors
-    if counter is not None:
-        counter.merge(main.counter)
     return main.inv
 
 

@@ -137,7 +137,9 @@ class _Deal:
             os.close(w)
 
     def share(self, starts: list[tuple[str, Dir]]) -> Iterator[tuple[str, Dir]]:
-        while len(got := os.read(self._r, 4)) == 4:
+        while got := os.read(self._r, 4):
+            if len(got) != 4:  # cannot happen with whole records and serialised reads; never guess
+                raise OSError(f"walk dealer: read {len(got)} bytes of a chunk number")
             k = struct.unpack("=I", got)[0]
             yield from starts[self.bounds[k] : self.bounds[k + 1]]
 
